@@ -1,0 +1,1 @@
+"""Thin click commands; each one calls library functions."""

@@ -1,0 +1,1 @@
+"""Pure accounting: the Usage model, tool identification, pricing lookup and cost."""

@@ -1,0 +1,1 @@
+"""HTTP surface only: the routing table, auth, proxy and admin handlers, JSON errors."""
