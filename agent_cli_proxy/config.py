@@ -1,0 +1,868 @@
+"""Settings: every environment variable the proxy reads, declared once in ``FIELDS``.
+
+This module owns the names, defaults, meanings and validation of the configuration, where
+it comes from (defaults < env file < process environment; secrets may also come from
+``NAME_FILE`` or systemd credentials), and the default locations of the state files. It turns
+all of that into one frozen :class:`Settings` value or one :class:`ConfigError` that names
+every bad variable. Nothing else in the package reads ``os.environ`` for configuration.
+
+The ``FIELDS`` table is the single source: ``Settings`` has one attribute per row (the
+variable's name in lower case), ``describe()`` walks it for ``doctor`` and ``/admin/config``,
+and ``man/agent-cli-proxy.env.5`` documents every row (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import math
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
+from types import MappingProxyType
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from agent_cli_proxy.envfile import UnreadableFile, read_env_file, read_text
+
+APP = "agent-cli-proxy"
+# Read at call time, so tests can point them elsewhere.
+SYSTEM_ENV_FILE = "/etc/agent-cli-proxy/agent-cli-proxy.env"
+SYSTEM_STATE_DIR = "/var/lib/agent-cli-proxy"  # systemd StateDirectory=agent-cli-proxy
+DEFAULT_UPSTREAM_URL = "http://localhost:8317"
+# Large enough for any sane interval (about 31 years), small enough for Event.wait().
+MAX_MS = 10**12
+_PLACEHOLDERS = frozenset(
+    {"admin", "changeme", "change-me", "default", "example", "password", "proxy", "secret", "token"}
+)
+
+
+class ConfigIssue(NamedTuple):
+    """One problem: the variable (or ``file:line``, or ``NAME[i]``) and what is wrong."""
+
+    name: str
+    message: str
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``issues`` lists every problem found, in order."""
+
+    code = "CONFIG_INVALID"
+
+    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
+        self.issues: list[ConfigIssue] = list(issues)
+        text = "; ".join(f"{issue.name} {issue.message}" for issue in self.issues)
+        super().__init__(f"Configuration validation failed: {text}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.issues,))
+
+
+# --- Parsers: raw string -> value, ``None`` for "unset, use the default", or ValueError --------
+
+Parser = Callable[[str], Any]
+
+
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+class _Problems(ValueError):
+    """Several problems inside one variable, each as (name suffix like ``[2]``, message)."""
+
+    def __init__(self, parts: list[tuple[str, str]]) -> None:
+        super().__init__(parts)
+        self.parts = parts
+
+
+def _decimal(raw: str) -> Decimal | None:
+    # Plain decimal notation only: Decimal() alone would also take "NaN", "Infinity", "1_0".
+    candidate = raw.strip()
+    return Decimal(candidate) if _DECIMAL.fullmatch(candidate) else None
+
+
+def integer(low: int, high: int) -> Parser:
+    """Whole number in [low, high]; ``3100``, ``3100.0`` and ``3.1e3`` all mean 3100."""
+    message = f"must be an integer from {low} to {high}"
+
+    def parse(raw: str) -> int:
+        number = _decimal(raw)
+        # Compare as Decimal first: int(Decimal("1e999999999")) would build a huge integer.
+        if number is None or number != number.to_integral_value() or not low <= number <= high:
+            raise ValueError(message)
+        return int(number)
+
+    return parse
+
+
+def milliseconds(raw: str) -> int:
+    """Positive duration in ms; a fraction is rounded up so a positive value stays positive."""
+    number = _decimal(raw)
+    if number is None or number <= 0:
+        raise ValueError("must be a positive finite number")
+    if number > MAX_MS:
+        raise ValueError(f"must be at most {MAX_MS} (about 31 years)")
+    return int(number.to_integral_value(rounding=ROUND_CEILING))
+
+
+def boolean(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes"):
+        return True
+    if word in ("0", "false", "no"):
+        return False
+    raise ValueError("must be a boolean (true/false, yes/no, or 1/0)")
+
+
+def text(raw: str) -> str | None:
+    """A plain string; blank means unset (the spec's rule for strings)."""
+    return raw if raw.strip() else None
+
+
+def stripped(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def exactly_one(raw: str) -> bool | None:
+    # The original honours PROXY_LOCAL_OK only when it is exactly "1"; other values are
+    # noted as a warning by _check_cross_field rather than guessed at.
+    return True if raw == "1" else None
+
+
+def choice(*options: str, aliases: Mapping[str, str] | None = None) -> Parser:
+    message = f"must be one of {', '.join(options)}"
+
+    def parse(raw: str) -> str:
+        word = raw.strip().lower()
+        word = (aliases or {}).get(word, word)
+        if word not in options:
+            raise ValueError(message)
+        return word
+
+    return parse
+
+
+def normalize_http_url(raw: str) -> str:
+    """``raw`` as a canonical http(s) base URL without a trailing ``/``; ValueError if not one."""
+    candidate = raw.strip()
+    unparseable = "must be a parseable http(s) URL"
+    try:
+        parts = urlsplit(candidate)
+        port = parts.port
+    except ValueError:
+        raise ValueError(unparseable) from None
+    scheme = parts.scheme.lower()
+    if not scheme:
+        raise ValueError(unparseable)
+    if scheme not in ("http", "https"):
+        raise ValueError("must be an http(s) URL")
+    if not parts.hostname or any(char.isspace() for char in candidate):
+        raise ValueError(unparseable)
+    if parts.query or parts.fragment:
+        # Request paths are appended to this URL; a query or fragment would end up in the middle.
+        raise ValueError("must be an http(s) URL without a query or fragment")
+    host = parts.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = (userinfo + "@" if userinfo else "") + host
+    if port is not None and port != {"http": 80, "https": 443}[scheme]:
+        netloc += f":{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def http_url(raw: str) -> str | None:
+    return normalize_http_url(raw) if raw.strip() else None
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and every loopback address (127.0.0.0/8, ``::1``, ``[::1]``)."""
+    name = host.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _json(raw: str, message: str | None = None) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(message or f"must be valid JSON: {exc}") from None
+
+
+def _is_number(value: object) -> bool:
+    # bool is an int subclass, and JSON true is not a position or a price.
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_whole(value: object) -> bool:
+    if isinstance(value, float):
+        return value.is_integer() and value >= 0  # False for inf and nan
+    return _is_number(value) and isinstance(value, int) and value >= 0
+
+
+def cch_positions(raw: str) -> tuple[int, ...]:
+    value = _json(raw, "must be JSON array of finite non-negative integers")
+    if not isinstance(value, list):
+        raise ValueError("must be an array")
+    bad = [(f"[{i}]", "must be a finite non-negative integer") for i, item in enumerate(value)
+           if not _is_whole(item)]
+    if bad:
+        raise _Problems(bad)
+    return tuple(int(item) for item in value)
+
+
+def name_mapping(raw: str) -> Mapping[str, str] | None:
+    """``key=name,key=name`` (API key -> display name)."""
+    if not raw.strip():
+        return None
+    mapping: dict[str, str] = {}
+    bad: list[tuple[str, str]] = []
+    for index, entry in enumerate(raw.split(",")):
+        key, _, name = entry.partition("=")
+        if not key.strip() or not name.strip():
+            bad.append((f"[{index}]", "must be a non-empty key=value entry"))
+        else:
+            mapping[key.strip()] = name.strip()
+    if bad:
+        raise _Problems(bad)
+    return MappingProxyType(mapping)
+
+
+def _json_object(raw: str) -> dict[str, Any] | None:
+    if not raw.strip():
+        return None
+    value = _json(raw)
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    return value
+
+
+def _is_price(value: object) -> bool:
+    if not _is_number(value) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return 0 <= float(value) < math.inf  # nan fails both comparisons
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+_PRICE_KEYS = ("input", "output", "cache_read", "cache_write", "reasoning")
+
+
+def pricing_overrides(raw: str) -> Mapping[str, Mapping[str, float]] | None:
+    """``{model: {input, output, cache_read?, cache_write?, reasoning?}}``, USD per 1M tokens."""
+    document = _json_object(raw)
+    if document is None:
+        return None
+    prices: dict[str, Mapping[str, float]] = {}
+    bad: list[tuple[str, str]] = []
+    for model, entry in document.items():
+        if not isinstance(entry, dict):
+            bad.append((f".{model}", "must be a pricing object"))
+            continue
+        if not all(_is_price(entry.get(key)) for key in ("input", "output")):
+            bad.append((f".{model}", "must include non-negative numeric input and output"))
+            continue
+        # Other keys (models.dev also has e.g. input_audio) are ignored, as in the original.
+        row: dict[str, float] = {}
+        for key in _PRICE_KEYS:
+            if key not in entry:
+                continue
+            if _is_price(entry[key]):
+                row[key] = float(entry[key])
+            else:
+                bad.append((f".{model}.{key}", "must be a non-negative finite number"))
+        prices[model] = MappingProxyType(row)
+    if bad:
+        raise _Problems(bad)
+    return MappingProxyType(prices)
+
+
+def pricing_aliases(raw: str) -> Mapping[str, str] | None:
+    """``{model prefix: pricing model name}``."""
+    document = _json_object(raw)
+    if document is None:
+        return None
+    bad = [(f".{prefix}", "must be a non-empty string") for prefix, target in document.items()
+           if not isinstance(target, str) or not target.strip()]
+    if bad:
+        raise _Problems(bad)
+    return MappingProxyType({prefix: target.strip() for prefix, target in document.items()})
+
+
+# --- The table ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Computed:
+    """A default that depends on other settings; ``doc`` says how, for humans."""
+
+    doc: str
+    compute: Callable[[_Context], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str  # the environment variable
+    default: Any  # value when unset, or a Computed
+    parse: Parser  # raw -> value | None (unset); raises ValueError with the message
+    help: str  # why this setting exists and why the default is what it is
+    section: str
+    secret: bool = False  # masked by describe(); also read from NAME_FILE and credentials
+
+    @property
+    def attr(self) -> str:
+        return self.name.lower()
+
+    @property
+    def default_doc(self) -> str:
+        if isinstance(self.default, Computed):
+            return self.default.doc
+        if isinstance(self.default, str):
+            return self.default
+        return json.dumps(_plain(self.default), separators=(",", ":"))
+
+
+class _Context:
+    """What computed defaults and cross-field rules may look at while settings are built."""
+
+    def __init__(self, process_env: Mapping[str, str], file_values: Mapping[str, str],
+                 env_file: str | None, home: str | None) -> None:
+        self.process_env = process_env
+        self.file_values = file_values
+        self.env_file = env_file
+        self.home = home
+        # The system service is the case where the /etc env file is the one in use.
+        self.system = env_file is not None and os.path.abspath(env_file) == SYSTEM_ENV_FILE
+        self.values: dict[str, Any] = {}
+        self.issues: list[ConfigIssue] = []
+        self.warnings: list[str] = []
+        self.secrets_from_env_file: list[str] = []
+
+    def lookup(self, name: str) -> str | None:
+        """The raw value by layer: process environment first, then the env file."""
+        if name in self.process_env:
+            return self.process_env[name]
+        return self.file_values.get(name)
+
+
+def _upstream_url_default(ctx: _Context) -> str:
+    if (ctx.lookup("CLI_PROXY_API_URL") or "").strip():
+        return DEFAULT_UPSTREAM_URL  # present but invalid: the parser has reported it
+    if ctx.lookup("PROXY_LOCAL_OK") == "1":
+        ctx.warnings.append(
+            f"CLI_PROXY_API_URL defaulted to {DEFAULT_UPSTREAM_URL} because PROXY_LOCAL_OK=1")
+    else:
+        ctx.issues.append(ConfigIssue(
+            "CLI_PROXY_API_URL", "is required unless PROXY_LOCAL_OK=1 permits the local default"))
+    return DEFAULT_UPSTREAM_URL
+
+
+def _xdg_dir(ctx: _Context, variable: str, fallback: str) -> str | None:
+    # The XDG spec says relative values are invalid and must be ignored.
+    value = (ctx.lookup(variable) or "").strip()
+    if value and os.path.isabs(value):
+        return value
+    return os.path.join(ctx.home, fallback) if ctx.home else None
+
+
+def _state_path(filename: str) -> Computed:
+    def compute(ctx: _Context) -> str:
+        data_dir = ctx.values["agent_cli_proxy_data_dir"]
+        if not data_dir and ctx.system:
+            data_dir = SYSTEM_STATE_DIR
+        if not data_dir:
+            xdg = _xdg_dir(ctx, "XDG_DATA_HOME", os.path.join(".local", "share"))
+            # No home at all: the original's relative fallback (and a warning, see below).
+            data_dir = os.path.join(xdg, APP) if xdg else "data"
+        return os.path.join(data_dir, filename)
+
+    return Computed(
+        f"$AGENT_CLI_PROXY_DATA_DIR/{filename}, else {SYSTEM_STATE_DIR}/{filename} for the "
+        f"system service, else $XDG_DATA_HOME/{APP}/{filename}, "
+        f"else ~/.local/share/{APP}/{filename}", compute)
+
+
+_REQUIRE_KEY_DEFAULT = Computed(
+    "true unless PROXY_HOST is loopback",
+    lambda ctx: not is_loopback(ctx.values["proxy_host"]))
+
+UPSTREAM = "Upstream"
+SERVER = "Server"
+ACCESS = "Access control"
+PROVIDERS = "Custom providers"
+CLAUDE = "Claude Code compatibility"
+STORAGE = "Storage"
+PRICING = "Pricing and cost"
+ACCOUNTS = "CLIProxyAPI accounts and quotas"
+PLANS = "Plans"
+DASHBOARD = "Dashboard"
+LOGGING = "Logging"
+
+# Order matters twice: it is the order issues are reported in (the upstream URL first, as in the
+# original), and a Computed default may only read rows above it.
+FIELDS: tuple[Field, ...] = (
+    Field("CLI_PROXY_API_URL", Computed("required", _upstream_url_default), http_url,
+          "Base URL every proxied request is forwarded to (CLIProxyAPI or compatible); required "
+          "so a proxy never silently talks to the wrong upstream.", UPSTREAM),
+    Field("PROXY_LOCAL_OK", False, exactly_one,
+          "Exactly 1 lets CLI_PROXY_API_URL default to http://localhost:8317.", UPSTREAM),
+    Field("CLI_PROXY_API_KEY", "proxy", text,
+          "Bearer token the proxy sends upstream in place of the client's; 'proxy' is "
+          "CLIProxyAPI's sample key.", UPSTREAM, secret=True),
+    Field("UPSTREAM_CONNECT_TIMEOUT_MS", 10_000, milliseconds,
+          "TCP connect timeout only (the original used it as time to response headers, which "
+          "aborted slow non-streaming calls).", UPSTREAM),
+    Field("UPSTREAM_TIMEOUT_MS", 300_000, milliseconds,
+          "Longest wait for response headers, and for the next body bytes once a body has "
+          "begun; LLM calls can think for minutes.", UPSTREAM),
+    Field("UPSTREAM_STREAM_FIRST_BYTE_TIMEOUT_MS", 900_000, milliseconds,
+          "Longest wait for the headers and first chunk of a streaming request; upstreams queue "
+          "streams (Claude) for a long time before the first event.", UPSTREAM),
+    Field("UPSTREAM_MAX_RETRIES", 2, integer(0, 100),
+          "Retries of a failed idempotent, non-streaming upstream call (0 disables).", UPSTREAM),
+    Field("RATE_LIMIT_MAX_RETRIES", 3, integer(1, 20),
+          "Retries of an upstream 429 on a retryable call, after its Retry-After.", UPSTREAM),
+    Field("UPSTREAM_CIRCUIT_BREAKER_OPEN_AFTER_FAILURES", 5, integer(1, 1000),
+          "Consecutive upstream failures that open a breaker and fail fast.", UPSTREAM),
+    Field("UPSTREAM_CIRCUIT_BREAKER_HALF_OPEN_AFTER_MS", 30_000, milliseconds,
+          "Time an open breaker waits before letting a probe request through.", UPSTREAM),
+    Field("UPSTREAM_CIRCUIT_BREAKER_EVICT_AFTER_MS", 300_000, milliseconds,
+          "Idle time after which a closed breaker is forgotten (bounds memory).", UPSTREAM),
+
+    Field("PROXY_HOST", "127.0.0.1", stripped,
+          "Address to listen on; loopback so nothing is exposed by accident.", SERVER),
+    Field("PROXY_PORT", 3100, integer(1, 65535),
+          "TCP port to listen on; the original's port, so clients need no change.", SERVER),
+    Field("PROXY_THREADS", 256, integer(1, 10_000),
+          "Worker threads. An open stream holds one for its whole life, so this bounds "
+          "concurrent streams; idle threads are cheap (waitress's default of 4 is not enough).",
+          SERVER),
+    Field("MAX_REQUEST_BODY_BYTES", 25_000_000, integer(1, 1_000_000_000),
+          "Largest request body accepted (413 above); 25 MB fits long contexts with images.",
+          SERVER),
+    Field("TRUST_PROXY_HEADERS", False, boolean,
+          "Believe X-Forwarded-* headers; only behind a trusted reverse proxy.", SERVER),
+    Field("DISABLE_SHUTDOWN_HANDLERS", False, boolean,
+          "Do not install signal handlers (for embedding and tests).", SERVER),
+
+    Field("PROXY_REQUIRE_API_KEY", _REQUIRE_KEY_DEFAULT, boolean,
+          "Require a managed proxy key on proxied requests; cannot be false off loopback.", ACCESS),
+    Field("ADMIN_API_KEY", "", text,
+          "Extra token required by /admin/* and /metrics (which are loopback-only anyway).",
+          ACCESS, secret=True),
+    Field("CLIENT_NAME_MAPPING", MappingProxyType({}), name_mapping,
+          "key=name,key=name: display names for client API keys.", ACCESS),
+
+    Field("PROVIDERS_JSON", "", text,
+          "Inline custom-provider document; wins over PROVIDERS_CONFIG_PATH.", PROVIDERS),
+    Field("PROVIDERS_CONFIG_PATH", "", text,
+          "JSON file with custom providers; read and checked at startup.", PROVIDERS),
+
+    Field("CLAUDE_CODE_VERSION", "2.1.87", text,
+          "Claude Code version claimed by the /v1/messages transform.", CLAUDE),
+    Field("CCH_SALT", "59cf53e54c78", text, "Salt of the billing-header hash.", CLAUDE),
+    Field("CCH_POSITIONS", (4, 7, 20), cch_positions,
+          "JSON array of character positions used by the billing-header hash.", CLAUDE),
+    Field("TOOL_PREFIX", "mcp_", text,
+          "Prefix added to tool names on /v1/messages and removed from responses.", CLAUDE),
+
+    Field("AGENT_CLI_PROXY_DATA_DIR", "", text,
+          "Directory for the default DB_PATH and PRICING_CACHE_PATH.", STORAGE),
+    Field("DB_PATH", _state_path("proxy.db"), text,
+          "SQLite database; under the XDG data dir so it survives upgrades.", STORAGE),
+    Field("STALE_PENDING_MAX_AGE_MS", 300_000, milliseconds,
+          "At startup, pending rows older than this are marked aborted (a crash left them).",
+          STORAGE),
+
+    Field("PRICING_CACHE_PATH", _state_path("pricing-cache.json"), text,
+          "Cached models.dev prices, so costs work offline after one fetch.", PRICING),
+    Field("PRICING_CACHE_TTL_MS", 3_600_000, milliseconds,
+          "Age after which the cached prices are refetched on use.", PRICING),
+    Field("PRICING_REFRESH_INTERVAL_MS", 21_600_000, milliseconds,
+          "Interval of the background price refresh (6 h).", PRICING),
+    Field("READY_PRICING_MAX_AGE_MS", 86_400_000, milliseconds,
+          "/ready fails when the price cache is older than this (24 h).", PRICING),
+    Field("PRICING_OVERRIDES_JSON", MappingProxyType({}), pricing_overrides,
+          "JSON {model: {input, output, cache_read?, cache_write?, reasoning?}} in USD per "
+          "million tokens, used instead of models.dev for those models.", PRICING),
+    Field("PRICING_ALIASES_JSON", MappingProxyType({}), pricing_aliases,
+          "JSON {model prefix: pricing model}: price models models.dev does not list.", PRICING),
+    Field("COST_BACKFILL_INTERVAL_MS", 1_800_000, milliseconds,
+          "Interval of the job that prices rows whose price was missing.", PRICING),
+    Field("COST_BACKFILL_LOOKBACK_MS", 604_800_000, milliseconds,
+          "How far back the cost backfill looks (7 days).", PRICING),
+    Field("COST_BACKFILL_CHUNK_SIZE", 500, integer(1, 100_000),
+          "Rows per backfill transaction; small keeps write locks short.", PRICING),
+
+    Field("CLIPROXY_MGMT_KEY", "", text,
+          "CLIProxyAPI management key; enables per-account correlation.", ACCOUNTS, secret=True),
+    Field("CLIPROXY_CORRELATION_INTERVAL_MS", 15_000, milliseconds,
+          "Interval of the account correlation job.", ACCOUNTS),
+    Field("CLIPROXY_CORRELATION_LOOKBACK_MS", 300_000, milliseconds,
+          "Age of the newest rows and usage details the correlator considers.", ACCOUNTS),
+    Field("CLIPROXY_AUTH_DIR", "", text,
+          "CLIProxyAPI auth-file directory; enables subscription quota probes.", ACCOUNTS),
+    Field("QUOTA_REFRESH_INTERVAL_MS", 300_000, milliseconds,
+          "Interval of the quota probes.", ACCOUNTS),
+    Field("QUOTA_REFRESH_TIMEOUT_MS", 15_000, milliseconds,
+          "Timeout of each quota probe HTTP call.", ACCOUNTS),
+    Field("CLIPROXY_BINARY_PATH", "", text,
+          "cli-proxy-api executable, for OAuth login jobs.", ACCOUNTS),
+    Field("CLIPROXY_CONFIG_PATH", "", text,
+          "CLIProxyAPI config.yaml, for OAuth login jobs.", ACCOUNTS),
+    Field("OAUTH_JOB_TIMEOUT_MS", 300_000, milliseconds,
+          "Longest run of one OAuth login job.", ACCOUNTS),
+
+    Field("PLANS_JSON", "", text, "Inline subscription-plan document; wins over PLANS_PATH.",
+          PLANS),
+    Field("PLANS_PATH", "", text, "JSON file with subscription plans.", PLANS),
+
+    Field("DASHBOARD_PASSWORD_HASH", "", text,
+          "Password hash enabling the local admin session login.", DASHBOARD, secret=True),
+    Field("DASHBOARD_SESSION_SECRET", "", text,
+          "Key signing admin session cookies; random per start when empty.", DASHBOARD,
+          secret=True),
+    Field("DASHBOARD_SESSION_TTL_MS", 604_800_000, milliseconds,
+          "Lifetime of an admin session (7 days).", DASHBOARD),
+    Field("LOGIN_RATE_LIMIT_WINDOW_MS", 60_000, milliseconds,
+          "Window of the login attempt limit.", DASHBOARD),
+    Field("LOGIN_RATE_LIMIT_MAX_ATTEMPTS", 5, integer(1, 100),
+          "Failed logins allowed per client per window.", DASHBOARD),
+
+    Field("LOG_LEVEL", "info", choice("debug", "info", "warn", "error",
+                                      aliases={"warning": "warn"}),
+          "Least severe level written.", LOGGING),
+    Field("LOG_FORMAT", "json", choice("json", "pretty"),
+          "json: one object per line for journals; pretty: for people.", LOGGING),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Validated configuration; one attribute per ``FIELDS`` row, in the same order.
+
+    Secrets are left out of ``repr()`` so a logged or printed Settings cannot leak them.
+    """
+
+    cli_proxy_api_url: str
+    proxy_local_ok: bool
+    cli_proxy_api_key: str = dataclasses.field(repr=False)
+    upstream_connect_timeout_ms: int
+    upstream_timeout_ms: int
+    upstream_stream_first_byte_timeout_ms: int
+    upstream_max_retries: int
+    rate_limit_max_retries: int
+    upstream_circuit_breaker_open_after_failures: int
+    upstream_circuit_breaker_half_open_after_ms: int
+    upstream_circuit_breaker_evict_after_ms: int
+    proxy_host: str
+    proxy_port: int
+    proxy_threads: int
+    max_request_body_bytes: int
+    trust_proxy_headers: bool
+    disable_shutdown_handlers: bool
+    proxy_require_api_key: bool
+    admin_api_key: str = dataclasses.field(repr=False)
+    client_name_mapping: Mapping[str, str]
+    providers_json: str
+    providers_config_path: str
+    claude_code_version: str
+    cch_salt: str
+    cch_positions: tuple[int, ...]
+    tool_prefix: str
+    agent_cli_proxy_data_dir: str
+    db_path: str
+    stale_pending_max_age_ms: int
+    pricing_cache_path: str
+    pricing_cache_ttl_ms: int
+    pricing_refresh_interval_ms: int
+    ready_pricing_max_age_ms: int
+    pricing_overrides_json: Mapping[str, Mapping[str, float]]
+    pricing_aliases_json: Mapping[str, str]
+    cost_backfill_interval_ms: int
+    cost_backfill_lookback_ms: int
+    cost_backfill_chunk_size: int
+    cliproxy_mgmt_key: str = dataclasses.field(repr=False)
+    cliproxy_correlation_interval_ms: int
+    cliproxy_correlation_lookback_ms: int
+    cliproxy_auth_dir: str
+    quota_refresh_interval_ms: int
+    quota_refresh_timeout_ms: int
+    cliproxy_binary_path: str
+    cliproxy_config_path: str
+    oauth_job_timeout_ms: int
+    plans_json: str
+    plans_path: str
+    dashboard_password_hash: str = dataclasses.field(repr=False)
+    dashboard_session_secret: str = dataclasses.field(repr=False)
+    dashboard_session_ttl_ms: int
+    login_rate_limit_window_ms: int
+    login_rate_limit_max_attempts: int
+    log_level: str
+    log_format: str
+    # Not variables: what loading noticed, and which env file was read (for doctor).
+    warnings: tuple[str, ...] = ()
+    env_file: str | None = None
+
+    @property
+    def is_loopback_host(self) -> bool:
+        return is_loopback(self.proxy_host)
+
+
+# --- Loading --------------------------------------------------------------------------------
+
+
+def load_settings(environ: Mapping[str, str] | None = None,
+                  env_file: str | None = None) -> Settings:
+    """Read the env file and *environ* (default ``os.environ``), validate, return Settings.
+
+    Paths (env file, state files) are computed from *environ* only, so a test that passes
+    its own mapping never touches the real home directory. Raises ConfigError.
+    """
+    process_env: Mapping[str, str] = os.environ if environ is None else environ
+    home = (process_env.get("HOME") or "").strip() or None
+    if home is None and environ is None:
+        home = os.path.expanduser("~") if os.path.expanduser("~") != "~" else None
+    ctx = _Context(process_env, {}, None, home)
+    path = _locate_env_file(ctx, env_file)
+    file_values: dict[str, str] = {}
+    if path is not None:
+        try:
+            file_values, problems = read_env_file(path)
+        except UnreadableFile as exc:
+            raise ConfigError([ConfigIssue(path, f"could not be read: {exc}")]) from None
+        ctx = _Context(process_env, file_values, path, home)
+        ctx.issues.extend(ConfigIssue(f"{path}:{p.line}", p.message) for p in problems)
+    return _build(ctx)
+
+
+def _locate_env_file(ctx: _Context, explicit: str | None) -> str | None:
+    """--env-file, else $AGENT_CLI_PROXY_ENV (both must exist), else the first that exists
+    of the user's and the system's file."""
+    if explicit is not None:
+        if not os.path.exists(explicit):
+            raise ConfigError([ConfigIssue("--env-file", f"{explicit} does not exist")])
+        return explicit
+    named = (ctx.process_env.get("AGENT_CLI_PROXY_ENV") or "").strip()
+    if named:
+        if not os.path.exists(named):
+            raise ConfigError([ConfigIssue("AGENT_CLI_PROXY_ENV", f"{named} does not exist")])
+        return named
+    config_home = _xdg_dir(ctx, "XDG_CONFIG_HOME", ".config")
+    candidates = [os.path.join(config_home, APP, ".env")] if config_home else []
+    for candidate in [*candidates, SYSTEM_ENV_FILE]:
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def _raw_secret(ctx: _Context, name: str) -> str | None:
+    """First non-empty of: NAME in the process environment, the file NAME_FILE names, systemd's
+    $CREDENTIALS_DIRECTORY/NAME, NAME in the env file. An empty value never hides a secret
+    supplied another way (container setups often pass NAME="" next to NAME_FILE)."""
+    if ctx.process_env.get(name):
+        return ctx.process_env[name]
+    reference = (ctx.process_env.get(f"{name}_FILE") or ctx.file_values.get(f"{name}_FILE")
+                 or "").strip()
+    credentials = (ctx.process_env.get("CREDENTIALS_DIRECTORY") or "").strip()
+    credential = os.path.join(credentials, name) if credentials else ""
+    for path, issue_name in ((reference, f"{name}_FILE"), (credential, name)):
+        if not path or (path == credential and not os.path.exists(path)):
+            continue
+        try:
+            value = read_text(path).rstrip("\r\n")
+        except UnreadableFile as exc:
+            # An explicit source that fails is an error, not a reason to try the next one.
+            ctx.issues.append(ConfigIssue(issue_name, f"could not read {path}: {exc}"))
+            return None
+        if value:
+            return value
+    if ctx.file_values.get(name):
+        ctx.secrets_from_env_file.append(name)
+        return ctx.file_values[name]
+    return None
+
+
+def _build(ctx: _Context) -> Settings:
+    for field in FIELDS:
+        raw = _raw_secret(ctx, field.name) if field.secret else ctx.lookup(field.name)
+        value = None
+        if raw is not None:
+            try:
+                value = field.parse(raw)
+            except _Problems as problems:
+                ctx.issues.extend(ConfigIssue(field.name + suffix, message)
+                                  for suffix, message in problems.parts)
+            except ValueError as exc:
+                ctx.issues.append(ConfigIssue(field.name, str(exc)))
+        if value is None:
+            # Unset, blank or invalid: the default keeps later rules working on sane values.
+            default = field.default
+            value = default.compute(ctx) if isinstance(default, Computed) else default
+        ctx.values[field.attr] = value
+    _check_cross_field(ctx)
+    if ctx.issues:
+        raise ConfigError(ctx.issues)
+    return Settings(**ctx.values, warnings=tuple(ctx.warnings), env_file=ctx.env_file)
+
+
+def _check_cross_field(ctx: _Context) -> None:
+    values = ctx.values
+    if not is_loopback(values["proxy_host"]) and not values["proxy_require_api_key"]:
+        ctx.issues.append(ConfigIssue(
+            "PROXY_REQUIRE_API_KEY", "must be true when PROXY_HOST is not loopback"))
+    local_ok = ctx.lookup("PROXY_LOCAL_OK")
+    if local_ok not in (None, "", "1"):
+        ctx.warnings.append("PROXY_LOCAL_OK is ignored: only the value 1 enables it")
+    _check_providers(ctx)
+    weak = ["ADMIN_API_KEY", "CLIPROXY_MGMT_KEY", "DASHBOARD_SESSION_SECRET"]
+    upstream_host = urlsplit(values["cli_proxy_api_url"]).hostname or ""
+    if not is_loopback(values["proxy_host"]) or not is_loopback(upstream_host):
+        weak.append("CLI_PROXY_API_KEY")  # "proxy" is fine between two loopback processes
+    for name in weak:
+        if str(values[name.lower()]).strip().lower() in _PLACEHOLDERS:
+            ctx.warnings.append(f"{name} uses a placeholder value; replace it with a unique "
+                                "random secret before exposure")
+    for name in ("DB_PATH", "PRICING_CACHE_PATH"):
+        path = values[name.lower()]
+        if path != ":memory:" and not os.path.isabs(path):
+            ctx.warnings.append(f"{name} should be an absolute path; {path} depends on the "
+                                "working directory")
+    if ctx.env_file and ctx.secrets_from_env_file:
+        try:
+            readable_by_all = bool(os.stat(ctx.env_file).st_mode & stat.S_IROTH)
+        except OSError:
+            readable_by_all = False
+        if readable_by_all:
+            ctx.warnings.append(
+                f"{ctx.env_file} is readable by every user but holds "
+                f"{', '.join(ctx.secrets_from_env_file)}; make it mode 0600 or 0640, or use "
+                "NAME_FILE or systemd credentials")
+
+
+def _check_providers(ctx: _Context) -> None:
+    """JSON syntax of the custom-provider document now; its schema via the hook below."""
+    inline = ctx.values["providers_json"]
+    path = ctx.values["providers_config_path"]
+    if inline and path:
+        ctx.warnings.append("PROVIDERS_CONFIG_PATH is ignored because PROVIDERS_JSON is set")
+    if inline:
+        name, source = "PROVIDERS_JSON", inline
+    elif path:
+        name = "PROVIDERS_CONFIG_PATH"
+        try:
+            source = read_text(path)
+        except UnreadableFile as exc:
+            ctx.issues.append(ConfigIssue(name, f"could not be read: {exc}"))
+            return
+    else:
+        return
+    try:
+        document = json.loads(source)
+    except ValueError as exc:
+        ctx.issues.append(ConfigIssue(name, f"must be valid JSON: {exc}"))
+        return
+    ctx.issues.extend(provider_document_issues(document))
+
+
+def provider_document_issues(document: object) -> list[ConfigIssue]:
+    """Schema problems of a parsed provider document (spec §8.4), named like
+    ``providers[0].id``. Hook: the providers package's validator is called from here once it
+    exists; until then a syntactically valid document is accepted."""
+    return []
+
+
+# --- Helpers for the rest of the program ----------------------------------------------------
+
+
+def ensure_directories(settings: Settings) -> None:
+    """Create the parent directories of DB_PATH and PRICING_CACHE_PATH (0700 for new ones)."""
+    issues: list[ConfigIssue] = []
+    for name in ("DB_PATH", "PRICING_CACHE_PATH"):
+        path = getattr(settings, name.lower())
+        if not path or path == ":memory:":
+            continue
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            _make_private_dirs(directory)
+        except OSError as exc:
+            issues.append(ConfigIssue(
+                name, f"directory {directory} could not be created: {exc.strerror or exc}"))
+            continue
+        if not os.access(directory, os.W_OK | os.X_OK):
+            issues.append(ConfigIssue(name, f"directory {directory} is not writable"))
+    if issues:
+        raise ConfigError(issues)
+
+
+def _make_private_dirs(directory: str) -> None:
+    # os.makedirs(mode=) only applies the mode to the last component; every directory we
+    # create holds the database or its neighbours, so each gets 0700.
+    missing: list[str] = []
+    while not os.path.isdir(directory):
+        missing.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
+
+
+def settings_for_tests(**overrides: Any) -> Settings:
+    """Valid settings without reading any file or the real environment, with *overrides*
+    given by attribute name (values are used as given, e.g. ``proxy_port=0``). The database
+    is ``:memory:``; the pricing cache path is per process under the temp directory and is
+    not created here. Pass ``db_path``/``pricing_cache_path`` under ``tmp_path`` for disk."""
+    ctx = _Context({"PROXY_LOCAL_OK": "1"}, {}, None, None)
+    base = _build(ctx)
+    defaults: dict[str, Any] = {
+        "db_path": ":memory:",
+        "pricing_cache_path": os.path.join(
+            tempfile.gettempdir(), f"{APP}-test-{os.getpid()}", "pricing-cache.json"),
+        "warnings": (),
+    }
+    if "proxy_host" in overrides and "proxy_require_api_key" not in overrides:
+        defaults["proxy_require_api_key"] = not is_loopback(overrides["proxy_host"])
+    return dataclasses.replace(base, **{**defaults, **overrides})
+
+
+def describe(settings: Settings) -> dict[str, object]:
+    """Every variable's effective value as JSON-ready data, secrets shown as "[set]" or ""."""
+    out: dict[str, object] = {}
+    for field in FIELDS:
+        value = getattr(settings, field.attr)
+        if field.secret:
+            out[field.name] = "[set]" if value else ""
+        elif field.name == "CLIENT_NAME_MAPPING":
+            # The keys are client API keys: show only the names they map to.
+            out[field.name] = sorted(set(value.values()))
+        elif field.name == "PROVIDERS_JSON":
+            # May hold provider credentials (auth.value); the providers view redacts those.
+            out[field.name] = "[set]" if value else ""
+        else:
+            out[field.name] = _plain(value)
+    return out
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
