@@ -1,0 +1,236 @@
+"""The SQLite database handle: connections, pragmas, write transactions, shutdown.
+
+A :class:`Database` owns exactly one *writer* connection, guarded by a lock, and one
+*reader* connection per thread. SQLite in WAL mode lets readers run alongside the single
+writer, so the request threads never wait on each other to read; writes are serialised
+here (cheaply, in-process) rather than by SQLite's file lock, which would make threads
+spin in the busy handler.
+
+Every write goes through ``with db.write() as conn:``: it takes the lock, opens a
+``BEGIN IMMEDIATE`` transaction (retrying on "database is locked" when another process
+holds the file's write lock), and commits or rolls back. Callers keep the body to SQL
+only; never network I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from agent_cli_proxy.log import get_logger
+
+log = get_logger("storage")
+
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+# Extra attempts after SQLite's own busy_timeout has expired. The original used the same
+# schedule; by then another process has held the write lock for seconds, so back off.
+WRITE_RETRY_DELAYS_S: tuple[float, ...] = (0.05, 0.2, 0.8)
+
+# Primary result codes; sqlite_errorcode may carry an extended code in the high bits.
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+
+def is_busy_error(exc: BaseException) -> bool:
+    """True if *exc* means another connection holds a lock we need (worth retrying)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return (code & 0xFF) in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    # Interpreters built without error codes on exceptions: fall back to the message.
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+class Database:
+    """One SQLite file: a locked writer connection and per-thread readers.
+
+    Construct with :meth:`open` (which also migrates) or directly (no migration).
+    ``path`` must name a file: readers and the writer are separate connections, so
+    ``:memory:`` would give each its own empty database.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *,
+                 busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        # Injectable so tests can act between retries without sleeping.
+        self.retry_sleep: Callable[[float], None] = time.sleep
+        self._write_lock = threading.Lock()
+        self._readers_lock = threading.Lock()
+        self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._local = threading.local()
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = self._connect()
+        mode = self._writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            # e.g. a network filesystem that cannot share memory; still correct, slower.
+            log.warning("storage.wal_unavailable", path=str(self.path), journal_mode=mode)
+        self._writer.execute("PRAGMA synchronous=NORMAL")
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, migrate: bool = True,
+             busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Database:
+        """Open *path* (creating it and its directory) and, by default, migrate it."""
+        db = cls(path, busy_timeout_ms=busy_timeout_ms)
+        if migrate:
+            # Imported here: migrations itself imports this module.
+            from agent_cli_proxy.storage.migrations import migrate as run_migrations
+
+            try:
+                run_migrations(db)
+            except BaseException:
+                db.close()
+                raise
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN ourselves. Python's implicit deferred
+        # BEGIN would upgrade to a write lock mid-transaction and fail with "database
+        # is locked" without ever honouring busy_timeout.
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False,
+            timeout=self.busy_timeout_ms / 1000,
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    # -- writes ---------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """Run the ``with`` body in one ``BEGIN IMMEDIATE`` transaction on the writer.
+
+        Commits on normal exit, rolls back on any exception. Only acquiring the
+        transaction is retried: once BEGIN IMMEDIATE succeeds this connection holds the
+        write lock, so the statements in the body cannot be refused for being busy.
+        """
+        with self._write_lock:
+            conn = self._require_open(self._writer)
+            self._begin_immediate(conn)
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
+        for attempt, delay in enumerate((*WRITE_RETRY_DELAYS_S, None)):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if delay is None or not is_busy_error(exc):
+                    raise
+                log.warning("storage.write_busy_retry", attempt=attempt + 1,
+                            delay_ms=int(delay * 1000), error=str(exc))
+                self.retry_sleep(delay)
+
+    # -- reads ----------------------------------------------------------------------
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (created on first use).
+
+        Connections run in autocommit, so a read transaction lasts one statement; fetch
+        results fully (``fetchall``) so no cursor pins an old WAL snapshot.
+        """
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not self._closed:
+            return conn
+        with self._readers_lock:
+            self._require_open(None)
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=ON")
+            self._prune_dead_readers()
+            self._readers.append((threading.current_thread(), conn))
+        self._local.conn = conn
+        return conn
+
+    def _prune_dead_readers(self) -> None:
+        # Threads come and go (tests, CLI tools); their connections must not pile up.
+        alive: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        for thread, conn in self._readers:
+            if thread.is_alive():
+                alive.append((thread, conn))
+            else:
+                conn.close()
+        self._readers = alive
+
+    def reader_count(self) -> int:
+        """How many reader connections are open (for diagnostics and tests)."""
+        with self._readers_lock:
+            return len(self._readers)
+
+    def ping(self) -> bool:
+        """A cheap liveness check for readiness probes: can this thread run a query?"""
+        try:
+            row = self.reader().execute("SELECT 1").fetchone()
+        except (sqlite3.Error, DatabaseClosedError):
+            return False
+        return row is not None and row[0] == 1
+
+    # -- shutdown -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file and close every connection. Idempotent.
+
+        Waits for a write in progress. Call after request threads have drained: a
+        reader closed under a thread still using it makes that thread's query fail.
+        """
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            with self._readers_lock:
+                for _thread, conn in self._readers:
+                    conn.close()
+                self._readers.clear()
+            try:
+                # TRUNCATE leaves a zero-length -wal, so a backup of the .db file alone
+                # is complete and the next start does not replay anything.
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("storage.checkpoint_failed", path=str(self.path), error=str(exc))
+            finally:
+                self._writer.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _require_open(self, conn: sqlite3.Connection | None) -> sqlite3.Connection:
+        if self._closed:
+            raise DatabaseClosedError(f"database {self.path} is closed")
+        return conn if conn is not None else self._writer
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class DatabaseClosedError(RuntimeError):
+    """The :class:`Database` was used after :meth:`Database.close`."""
+
+
+def open_database(path: str | os.PathLike[str], *,
+                  busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Database:
+    """Open and migrate the database at *path*: what the server and CLI call."""
+    return Database.open(path, migrate=True, busy_timeout_ms=busy_timeout_ms)
