@@ -1,0 +1,108 @@
+"""What the proxy changes on the way through, and nothing more.
+
+Requests and responses are forwarded as received except for the rules here:
+
+* hop-by-hop headers (RFC 9110 §7.6.1, plus any the ``Connection`` header names) belong to
+  one connection and are dropped in both directions; ``Host`` and ``Content-Length`` are
+  recomputed for the upstream connection;
+* the client's credentials are replaced by the upstream's key (CLIProxyAPI authenticates
+  the proxy, not the coding tool), in whichever header or ``key=`` query parameter the
+  client used, so each API family still finds its key where it looks for it;
+* ``Accept-Encoding`` is narrowed to codings the proxy can read (gzip, deflate): the client
+  still receives the upstream's bytes unchanged, and the proxy can still read the usage.
+
+Everything else (betas, ``anthropic-version``, request ids, rate-limit headers,
+``Retry-After``) passes untouched, in both directions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_RECOMPUTED = frozenset({"host", "content-length"})
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key"})
+READABLE_CODINGS = frozenset({"gzip", "deflate", "identity"})
+
+Headers = list[tuple[str, str]]
+
+
+def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    named: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            named.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return named
+
+
+def _narrow_accept_encoding(value: str) -> str | None:
+    kept = [
+        token.strip()
+        for token in value.split(",")
+        if token.split(";", 1)[0].strip().lower() in READABLE_CODINGS
+    ]
+    return ", ".join(kept) if kept else None
+
+
+def upstream_request_headers(client_headers: Iterable[tuple[str, str]], api_key: str) -> Headers:
+    """Headers to send upstream for a request the client sent with *client_headers*."""
+    client_headers = list(client_headers)
+    dropped = HOP_BY_HOP | _RECOMPUTED | _connection_tokens(client_headers)
+    out: Headers = []
+    credential_seen = False
+    for name, value in client_headers:
+        lower = name.lower()
+        if lower in dropped:
+            continue
+        if lower in CREDENTIAL_HEADERS:
+            credential_seen = True
+            out.append((name, f"Bearer {api_key}" if lower == "authorization" else api_key))
+            continue
+        if lower == "accept-encoding":
+            narrowed = _narrow_accept_encoding(value)
+            if narrowed is not None:
+                out.append((name, narrowed))
+            continue
+        out.append((name, value))
+    if not credential_seen:
+        out.append(("Authorization", f"Bearer {api_key}"))
+    return out
+
+
+def replace_query_key(query: str, api_key: str) -> str:
+    """Swap the value of a ``key=`` query parameter (Gemini style), keeping the rest
+    byte-identical, since re-encoding a query string can change what the upstream sees."""
+    if "key=" not in query:
+        return query
+    parts = query.split("&")
+    for i, part in enumerate(parts):
+        if part.split("=", 1)[0] == "key":
+            parts[i] = f"key={api_key}"
+    return "&".join(parts)
+
+
+def client_response_headers(upstream_headers: Iterable[tuple[str, str]], *,
+                            body_changed: bool) -> Headers:
+    """Headers to give the client for an upstream response.
+
+    ``Content-Length`` is kept (so the client and waitress agree on framing without
+    chunking) unless the proxy changes the body.
+    """
+    upstream_headers = list(upstream_headers)
+    dropped = HOP_BY_HOP | _connection_tokens(upstream_headers)
+    if body_changed:
+        dropped = dropped | {"content-length"}
+    return [(n, v) for n, v in upstream_headers if n.lower() not in dropped]

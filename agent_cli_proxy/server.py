@@ -1,0 +1,125 @@
+"""Running the proxy: prepare storage, build the app, serve it with waitress, stop cleanly.
+
+waitress is sized for long-lived streams: every open SSE stream holds one worker thread
+for its whole life, so ``PROXY_THREADS`` (default 256) replaces waitress's 4, and
+``channel_request_lookahead`` lets waitress notice a client that hangs up mid-stream.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from waitress import wasyncore
+from waitress.server import create_server
+from waitress.trigger import trigger as Trigger
+
+from agent_cli_proxy import __version__
+from agent_cli_proxy.clock import SYSTEM_CLOCK
+from agent_cli_proxy.config import Settings, ensure_directories
+from agent_cli_proxy.log import get_logger
+from agent_cli_proxy.storage.database import Database, open_database
+from agent_cli_proxy.storage.requests import recover_stale_pending
+from agent_cli_proxy.web.app import ProxyApp
+from agent_cli_proxy.wsgi import create_app
+
+_log = get_logger("server")
+# waitress answers 413 itself, before reading the body, above this; between the configured
+# limit and this, the proxy reads the body and answers with its own JSON 413 naming the
+# limit. The margin bounds what an oversized request can make the proxy buffer.
+_WAITRESS_BODY_FACTOR = 2
+STOP_TIMEOUT_S = 5.0
+
+
+def make_server(app: ProxyApp, settings: Settings, *, host: str | None = None,
+                port: int | None = None) -> Any:
+    """A waitress server bound (not yet running) for *app*; port 0 picks a free port."""
+    return create_server(
+        app,
+        host=settings.proxy_host if host is None else host,
+        port=settings.proxy_port if port is None else port,
+        threads=settings.proxy_threads,
+        # Connections beyond the thread count wait in waitress's queue instead of being
+        # refused; keep room for every stream plus idle keep-alive connections.
+        connection_limit=max(100, settings.proxy_threads * 4),
+        channel_request_lookahead=5,
+        max_request_body_size=settings.max_request_body_bytes * _WAITRESS_BODY_FACTOR + 1,
+        ident=f"agent-cli-proxy/{__version__}",
+        expose_tracebacks=False,
+        clear_untrusted_proxy_headers=True,
+    )
+
+
+def request_stop(server: Any) -> None:
+    """Make a waitress loop running in another thread close every socket and return.
+
+    Closing sockets from outside the loop thread races its ``select``; waitress's trigger
+    runs the close inside the loop instead.
+    """
+    sockets = getattr(server, "_map", None)
+    if sockets is None:
+        sockets = server.map
+    trigger = next((d for d in list(sockets.values()) if isinstance(d, Trigger)), None)
+    if trigger is None:
+        return
+
+    def close_all(_: object = None) -> None:  # runs in the loop thread
+        wasyncore.close_all(sockets)
+
+    trigger.pull_trigger(close_all)
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise _Stop(signum)
+
+
+def serve(settings: Settings) -> int:
+    """Run in the foreground until SIGTERM/SIGINT; returns the process exit code."""
+    ensure_directories(settings)
+    db = open_database(settings.db_path)
+    now_ms = int(SYSTEM_CLOCK.time() * 1000)
+    recover_stale_pending(db, settings.stale_pending_max_age_ms, now_ms)
+    app = create_app(settings, db)
+    server = make_server(app, settings)
+    for warning in settings.warnings:
+        _log.warning("config.warning", message=warning)
+    _log.info("server.listening", host=settings.proxy_host, port=server.effective_port,
+              url=f"http://{settings.proxy_host}:{server.effective_port}",
+              upstream=settings.cli_proxy_api_url, threads=settings.proxy_threads,
+              db_path=settings.db_path, version=__version__)
+    return run_until_stopped(server, app, db)
+
+
+def run_until_stopped(server: Any, app: ProxyApp, db: Database) -> int:
+    """Serve until a stop signal, then unwind: streams aborted, threads joined, DB closed."""
+    installed = threading.current_thread() is threading.main_thread()
+    previous: dict[int, Any] = {}
+    if installed:
+        # Python's default SIGTERM kills the process without unwinding (no row
+        # finalization, no WAL checkpoint): turn it into an orderly stop.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _raise_stop)
+    signum = 0
+    try:
+        server.run()
+    except _Stop as stop:
+        signum = stop.signum
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)  # a second signal now ends the process at once
+        _log.info("shutdown.signal", signal=signal.Signals(signum).name if signum else None)
+        server.close()
+        aborted = app.services.watcher.abort_all("shutdown")
+        server.task_dispatcher.shutdown(cancel_pending=True, timeout=STOP_TIMEOUT_S)
+        app.close()
+        db.close()
+        _log.info("shutdown.complete", aborted_streams=aborted)
+    return 0

@@ -1,0 +1,123 @@
+"""Reads usage out of a copy of an upstream response while it is being relayed.
+
+The relay hands every upstream byte to a :class:`UsageCapture` (the *tap*). It undoes
+gzip/deflate content coding on its copy only, then either feeds an incremental SSE parser
+(event streams) or keeps a bounded copy of the body (JSON) to parse at the end. Memory is
+bounded in both cases: a response larger than ``max_body_bytes`` is relayed in full but
+not parsed, and the SSE parser skips a single line larger than its cap.
+
+The first bytes of the body are kept as a sample, so an upstream error can be recorded
+with the message the upstream gave.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from agent_cli_proxy.log import get_logger
+from agent_cli_proxy.providers.extract import stream_extractor, usage_from_json
+from agent_cli_proxy.providers.routes import Family
+from agent_cli_proxy.upstream.sse import SSEEvent, SSEParser
+from agent_cli_proxy.usage.model import Usage
+
+_log = get_logger("capture")
+MAX_JSON_BODY_BYTES = 32 * 1024 * 1024
+SAMPLE_BYTES = 2048
+
+
+def _decoder(content_encoding: str | None) -> zlib._Decompress | None:
+    coding = (content_encoding or "").strip().lower()
+    if coding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if coding == "deflate":
+        # "deflate" is zlib-wrapped by the RFC; 32 + MAX_WBITS also accepts gzip headers.
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)
+    return None
+
+
+class UsageCapture:
+    """A relay tap that extracts usage and the reported model for one API family."""
+
+    def __init__(
+        self,
+        family: Family | None,
+        *,
+        content_type: str | None,
+        content_encoding: str | None,
+        max_body_bytes: int = MAX_JSON_BODY_BYTES,
+    ) -> None:
+        self.family = family
+        self.is_event_stream = "text/event-stream" in (content_type or "").lower()
+        self._decoder = _decoder(content_encoding)
+        self._readable = self._decoder is not None or not (content_encoding or "").strip() or (
+            content_encoding or "").strip().lower() == "identity"
+        self._max_body = max_body_bytes
+        self._parser = SSEParser() if self.is_event_stream else None
+        self._extractor = stream_extractor(family) if family and self.is_event_stream else None
+        self._body: list[bytes] = []
+        self._body_len = 0
+        self._overflow = False
+        self._sample = bytearray()
+        self.usage: Usage | None = None
+        self.model: str | None = None
+        self._finished = False
+
+    @property
+    def sample(self) -> str:
+        """The start of the (decoded) body, for error messages."""
+        return self._sample.decode("utf-8", "replace")
+
+    def feed(self, data: bytes) -> None:
+        if not self._readable:
+            return
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decompress(data)
+            except zlib.error:
+                _log.warning("capture.undecodable_body")
+                self._readable = False
+                return
+        if len(self._sample) < SAMPLE_BYTES:
+            self._sample += data[: SAMPLE_BYTES - len(self._sample)]
+        if self._parser is not None:
+            self._handle_events(self._parser.feed(data))
+        elif self.family is not None and not self._overflow:
+            self._body_len += len(data)
+            if self._body_len > self._max_body:
+                self._overflow = True
+                self._body.clear()
+                _log.warning("capture.body_too_large_to_parse", limit=self._max_body)
+            else:
+                self._body.append(data)
+
+    def _handle_events(self, events: list[SSEEvent]) -> None:
+        if self._extractor is None:
+            return
+        for event in events:
+            self._extractor.feed(event)
+        self.usage = self._extractor.usage
+        self.model = self._extractor.model
+
+    def finish(self) -> None:
+        """Parse what is left; idempotent (the relay may call it at end and at close)."""
+        if self._finished:
+            return
+        self._finished = True
+        if not self._readable:
+            return
+        if self._decoder is not None:
+            try:
+                tail = self._decoder.flush()
+            except zlib.error:
+                tail = b""
+            if tail:
+                self._finished = False
+                self._decoder = None
+                self.feed(tail)
+                self._finished = True
+        if self._parser is not None:
+            self._handle_events(self._parser.finish())
+        elif self.family is not None and not self._overflow and self._body:
+            extracted = usage_from_json(self.family, b"".join(self._body))
+            self._body.clear()
+            self.usage, self.model = extracted.usage, extracted.model

@@ -1,0 +1,124 @@
+"""One urllib3 pool for every upstream call, and the errors it can end in.
+
+The pool is sized to the number of worker threads (each thread holds at most one upstream
+connection at a time) with ``block=False``, so a burst beyond it opens extra connections
+instead of queueing. Responses are opened with ``preload_content=False`` and
+``decode_content=False``: the relay streams the bytes exactly as the upstream sent them.
+urllib3's own retries and redirects are off; whether a request may be retried is decided
+by the caller, which knows whether the upstream could have started the work already.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Literal
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
+
+ErrorKind = Literal["connect", "timeout", "protocol"]
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. ``read`` is the longest silence allowed between two received bytes."""
+
+    connect: float
+    read: float
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or stopped answering.
+
+    ``kind`` tells the HTTP layer which status to answer with: ``connect`` (nothing was
+    sent: 502), ``timeout`` (504) or ``protocol`` (the connection broke: 502).
+    """
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def classify_error(exc: BaseException) -> UpstreamError:
+    """Map a urllib3/socket failure to an :class:`UpstreamError` with a readable message."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    # NewConnectionError subclasses ConnectTimeoutError in urllib3 2.x: test it first, or
+    # a refused connection would be reported as a timeout.
+    if isinstance(exc, NewConnectionError):
+        if isinstance(exc.__context__, TimeoutError | socket.timeout):
+            return UpstreamError("timeout", "upstream connect timed out")
+        return UpstreamError("connect", f"upstream connection failed: {_reason(exc)}")
+    if isinstance(exc, ConnectTimeoutError):
+        return UpstreamError("timeout", "upstream connect timed out")
+    if isinstance(exc, ReadTimeoutError | TimeoutError | socket.timeout):
+        return UpstreamError("timeout", "upstream stopped sending data (read timeout)")
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        return classify_error(exc.reason)
+    if isinstance(exc, ProtocolError | HTTPError | OSError):
+        return UpstreamError("protocol", f"upstream connection broke: {_reason(exc)}")
+    return UpstreamError("protocol", f"upstream failure: {exc!r}")
+
+
+def _reason(exc: BaseException) -> str:
+    # NewConnectionError's text embeds the connection object's repr; the errno text is
+    # what a user can act on.
+    for arg in reversed(exc.args):
+        if isinstance(arg, BaseException):
+            return _reason(arg)
+    text = str(exc)
+    return text.split(": ", 1)[-1] if "object at 0x" in text else text
+
+
+class UpstreamClient:
+    """Sends requests through one shared, thread-safe :class:`urllib3.PoolManager`."""
+
+    def __init__(self, *, maxsize: int, num_pools: int = 16) -> None:
+        self._pool = urllib3.PoolManager(
+            num_pools=num_pools,
+            maxsize=maxsize,
+            block=False,
+            retries=False,
+        )
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> urllib3.BaseHTTPResponse:
+        """Send one request and return as soon as the response headers arrived.
+
+        The body is not read: the caller owns the response and must either read it to the
+        end and ``release_conn()`` or ``close()`` it. Raises :class:`UpstreamError`.
+        """
+        header_dict = urllib3.HTTPHeaderDict()
+        for name, value in headers:
+            header_dict.add(name, value)
+        try:
+            return self._pool.request(
+                method,
+                url,
+                body=body,
+                headers=header_dict,
+                preload_content=False,
+                decode_content=False,
+                redirect=False,
+                retries=False,
+                timeout=urllib3.Timeout(connect=timeouts.connect, read=timeouts.read),
+            )
+        except (HTTPError, OSError) as exc:
+            raise classify_error(exc) from exc
+
+    def close(self) -> None:
+        self._pool.clear()

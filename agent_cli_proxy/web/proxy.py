@@ -1,0 +1,206 @@
+"""The proxy endpoint: forward one request upstream and relay the answer back.
+
+Flow (DESIGN.md "How one streamed request flows"): bounded body read → is it an LLM call?
+→ who is calling → pending row → upstream request → relay whose ``close()`` finalizes the
+row. Calls that are not LLM calls (``GET /v1/models``, ``count_tokens`` …) take the same
+path without a row.
+"""
+
+from __future__ import annotations
+
+import http
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+from agent_cli_proxy.clock import Clock
+from agent_cli_proxy.config import Settings
+from agent_cli_proxy.log import get_logger
+from agent_cli_proxy.providers.forwarding import (
+    client_response_headers,
+    replace_query_key,
+    upstream_request_headers,
+)
+from agent_cli_proxy.providers.openai_chat import UsageChunkFilter, inject_include_usage
+from agent_cli_proxy.providers.routes import Family, LLMCall, classify
+from agent_cli_proxy.storage.database import Database
+from agent_cli_proxy.upstream.capture import UsageCapture
+from agent_cli_proxy.upstream.client import Timeouts, UpstreamClient, UpstreamError
+from agent_cli_proxy.upstream.relay import Relay, RelayResult, Transform
+from agent_cli_proxy.usage.identify import identify
+from agent_cli_proxy.web.disconnects import DisconnectWatcher
+from agent_cli_proxy.web.errors import json_error
+from agent_cli_proxy.web.recorder import CallRecorder
+
+_log = get_logger("proxy")
+WSGIApp = Any  # the werkzeug Response or a RelayedResponse, both WSGI applications
+_ERROR_STATUS = {"timeout": 504, "connect": 502, "protocol": 502}
+_ERROR_CODE = {"timeout": "upstream_timeout", "connect": "upstream_unavailable",
+               "protocol": "bad_gateway"}
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyServices:
+    settings: Settings
+    db: Database
+    client: UpstreamClient
+    watcher: DisconnectWatcher
+    clock: Clock
+
+
+class RelayedResponse:
+    """A WSGI application answering with an upstream status, headers and relay body.
+
+    werkzeug's ``Response`` is not used here: it may rewrite headers, and it drops the body
+    iterable for HEAD/204/304 without closing it, which would leak the upstream connection
+    and never finalize the row.
+    """
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]],
+                 body: Relay) -> None:
+        self.status_line = f"{status} {reason or _reason(status)}"
+        self.headers = headers
+        self.body = body
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        start_response(self.status_line, self.headers)
+        return self.body
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _target(request: Request) -> tuple[str, str]:
+    """Raw path and query exactly as the client sent them (percent-encoding intact)."""
+    raw = request.environ.get("REQUEST_URI")
+    if isinstance(raw, str) and raw.startswith("/"):
+        path, _, query = raw.partition("?")
+        return path, query
+    return request.environ.get("PATH_INFO", "/"), request.environ.get("QUERY_STRING", "")
+
+
+def _read_body(request: Request, limit: int) -> bytes | None:
+    """The whole request body, or None when it is larger than *limit*."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    body = request.stream.read(limit + 1)
+    return None if len(body) > limit else body
+
+
+def _client_ip(request: Request, trust_proxy_headers: bool) -> str | None:
+    if trust_proxy_headers:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        first = forwarded.split(",")[0].strip()
+        if first:
+            return first
+    return request.remote_addr
+
+
+def _api_key(request: Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return request.headers.get("x-api-key") or request.headers.get("x-goog-api-key") or None
+
+
+def handle(services: ProxyServices, request: Request) -> WSGIApp:
+    settings = services.settings
+    limit = settings.max_request_body_bytes
+    body = _read_body(request, limit)
+    if body is None:
+        return json_error(413, "request_too_large", f"request body exceeds {limit} bytes",
+                          limit=limit)
+    path, query = _target(request)
+    call = classify(request.method, path, body)
+    transform: Transform | None = None
+    if call is not None and call.family is Family.OPENAI_CHAT and call.stream:
+        injected = inject_include_usage(body)
+        if injected is not None:
+            body, transform = injected, UsageChunkFilter()
+
+    recorder: CallRecorder | None = None
+    if call is not None:
+        recorder = CallRecorder(services.db, services.clock, call, path)
+        identity = identify(request.headers, api_key=_api_key(request),
+                            client_name_mapping=settings.client_name_mapping)
+        msg_id = next((request.headers[h] for h in ("x-msg-id", "x-message-id", "x-request-id")
+                       if request.headers.get(h)), None)
+        recorder.start(identity, method=request.method,
+                       user_agent=request.headers.get("User-Agent"),
+                       source_ip=_client_ip(request, settings.trust_proxy_headers),
+                       msg_id=msg_id, originator=request.headers.get("originator"))
+
+    query = replace_query_key(query, settings.cli_proxy_api_key)
+    url = settings.cli_proxy_api_url + path + (f"?{query}" if query else "")
+    headers = upstream_request_headers(request.headers.items(), settings.cli_proxy_api_key)
+    if transform is not None:
+        # The usage-chunk filter reads lines; a compressed stream would have none.
+        headers = [(n, v) for n, v in headers if n.lower() != "accept-encoding"]
+    streaming = bool(call and call.stream)
+    read_ms = (settings.upstream_stream_first_byte_timeout_ms if streaming
+               else settings.upstream_timeout_ms)
+    timeouts = Timeouts(connect=settings.upstream_connect_timeout_ms / 1000, read=read_ms / 1000)
+    try:
+        upstream = services.client.send(request.method, url, headers,
+                                        body if body or request.method not in ("GET", "HEAD")
+                                        else None, timeouts)
+    except UpstreamError as exc:
+        return _upstream_failed(exc, recorder, call)
+    if recorder is not None:
+        recorder.headers_received()
+
+    status = upstream.status
+    capture = UsageCapture(call.family if call else None,
+                           content_type=upstream.headers.get("Content-Type"),
+                           content_encoding=upstream.headers.get("Content-Encoding"))
+    encoding = (upstream.headers.get("Content-Encoding") or "identity").strip().lower()
+    if transform is not None and not (capture.is_event_stream and encoding == "identity"):
+        transform = None  # an error body, a JSON answer or unreadable bytes: leave as is
+
+    def on_close(result: RelayResult) -> None:
+        services.watcher.unwatch(relay)
+        if recorder is not None:
+            recorder.relayed(result, capture, status, status)
+
+    client_gone = request.environ.get("waitress.client_disconnected")
+    relay = Relay(upstream, on_close, tap=capture if call else None, transform=transform,
+                  client_gone=client_gone)
+    if callable(client_gone):
+        services.watcher.watch(client_gone, relay)
+    try:
+        relay.prime()
+    except UpstreamError as exc:
+        relay_error = exc
+        # Nothing reached the client yet: answer with a clean error instead of a cut stream.
+        services.watcher.unwatch(relay)
+        if recorder is not None:
+            recorder.fail(_ERROR_STATUS[relay_error.kind], _ERROR_CODE[relay_error.kind],
+                          relay_error.message)
+        relay.close()
+        return _error_response(relay_error)
+    if streaming:
+        # The long first-byte allowance covers queueing and thinking before a stream
+        # starts; between chunks the ordinary read timeout applies.
+        relay.set_read_timeout(settings.upstream_timeout_ms / 1000)
+    response_headers = client_response_headers(upstream.headers.items(),
+                                               body_changed=transform is not None)
+    return RelayedResponse(status, upstream.reason or "", response_headers, relay)
+
+
+def _error_response(exc: UpstreamError) -> Response:
+    return json_error(_ERROR_STATUS[exc.kind], _ERROR_CODE[exc.kind], exc.message)
+
+
+def _upstream_failed(exc: UpstreamError, recorder: CallRecorder | None,
+                     call: LLMCall | None) -> Response:
+    _log.warning("proxy.upstream_error", kind=exc.kind, error=exc.message,
+                 model=call.requested_model if call else None)
+    if recorder is not None:
+        recorder.fail(_ERROR_STATUS[exc.kind], _ERROR_CODE[exc.kind], exc.message)
+    return _error_response(exc)

@@ -1,0 +1,153 @@
+"""The life of one recorded LLM call: a ``pending`` row before the upstream is asked, and
+exactly one finalization (``completed``, ``error`` or ``aborted``) when it ends.
+
+Recording must never stand between a client and its answer: a failed insert is logged and
+the call is proxied without a row; a failed finalization is logged and left to the
+boot-time recovery of stale pending rows.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+from agent_cli_proxy.clock import Clock
+from agent_cli_proxy.log import get_logger
+from agent_cli_proxy.providers.routes import LLMCall
+from agent_cli_proxy.storage.database import Database
+from agent_cli_proxy.storage.requests import (
+    Finalization,
+    PendingRow,
+    finalize,
+    insert_pending,
+    iso_utc,
+)
+from agent_cli_proxy.upstream.capture import UsageCapture
+from agent_cli_proxy.upstream.relay import RelayResult
+from agent_cli_proxy.usage.identify import Identity
+from agent_cli_proxy.usage.model import Usage
+
+_log = get_logger("lifecycle")
+ERROR_SAMPLE_CHARS = 300
+
+
+
+class CallRecorder:
+    """Owns the request_logs row of one LLM call."""
+
+    def __init__(self, db: Database, clock: Clock, call: LLMCall, path: str) -> None:
+        self._db = db
+        self._clock = clock
+        self.call = call
+        self.path = path
+        self.request_id = str(uuid.uuid4())
+        self.row_id: int | None = None
+        self._started = clock.monotonic()
+        self._upstream_latency_ms: int | None = None
+        self._lock = threading.Lock()
+        self._done = False
+
+    def start(self, identity: Identity, *, method: str, user_agent: str | None,
+              source_ip: str | None, msg_id: str | None, originator: str | None) -> None:
+        meta = {"method": method, "originator": originator, "session_id": identity.session_id,
+                "tool_version": identity.tool_version}
+        row = PendingRow(
+            provider=self.call.provider,
+            model=self.call.requested_model or "unknown",
+            requested_model=self.call.requested_model,
+            tool=identity.tool,
+            client_id=identity.client_id,
+            path=self.path,
+            streamed=self.call.stream,
+            started_at=iso_utc(self._clock.time()),
+            request_id=self.request_id,
+            meta_json=json.dumps(meta, separators=(",", ":")),
+            user_agent=user_agent,
+            source_ip=source_ip,
+            agent=identity.agent,
+            msg_id=msg_id,
+            session_id=identity.session_id,
+            identify_rule=identity.rule,
+        )
+        try:
+            self.row_id = insert_pending(self._db, row)
+        except Exception:
+            _log.exception("lifecycle.prelog_failed", request_id=self.request_id, path=self.path)
+            return
+        _log.debug("lifecycle.pre_logged", request_id=self.request_id, row_id=self.row_id,
+                   provider=row.provider, model=row.model, tool=row.tool,
+                   client_id=row.client_id, path=self.path)
+
+    def headers_received(self) -> None:
+        self._upstream_latency_ms = self._elapsed_ms()
+
+    def _elapsed_ms(self) -> int:
+        return max(0, round((self._clock.monotonic() - self._started) * 1000))
+
+    def fail(self, status: int, code: str, message: str) -> None:
+        """The call ended before any response reached the client."""
+        self._finalize("error", status, code, message, usage=Usage(), model=None,
+                       upstream_status=None, streamed=None)
+
+    def relayed(self, result: RelayResult, capture: UsageCapture, upstream_status: int,
+                client_status: int) -> None:
+        """The relay closed: completed, cut by an upstream error, or abandoned."""
+        usage = capture.usage or Usage()
+        streamed = capture.is_event_stream
+        if result.outcome == "aborted":
+            self._finalize("aborted", 499, "aborted", result.abort_reason or "aborted",
+                           usage=usage, model=capture.model, upstream_status=upstream_status,
+                           streamed=streamed)
+        elif result.outcome == "error":
+            err = result.error
+            timed_out = err is not None and err.kind == "timeout"
+            code = "upstream_timeout" if timed_out else "stream_error"
+            self._finalize("error", client_status, code, err.message if err else "stream error",
+                           usage=usage, model=capture.model, upstream_status=upstream_status,
+                           streamed=streamed)
+        elif upstream_status >= 400:
+            sample = " ".join(capture.sample.split())[:ERROR_SAMPLE_CHARS]
+            message = f"upstream HTTP {upstream_status}" + (f": {sample}" if sample else "")
+            self._finalize("error", client_status, "upstream_error", message, usage=usage,
+                           model=capture.model, upstream_status=upstream_status,
+                           streamed=streamed)
+        else:
+            self._finalize("completed", client_status, None, None, usage=usage,
+                           model=capture.model, upstream_status=upstream_status,
+                           streamed=streamed)
+
+    def _finalize(self, lifecycle: str, status: int, code: str | None, message: str | None, *,
+                  usage: Usage, model: str | None, upstream_status: int | None,
+                  streamed: bool | None) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        if self.row_id is None:
+            return
+        fin = Finalization(
+            lifecycle_status=lifecycle,
+            status=status,
+            model=model,
+            actual_model=model,
+            usage=usage,
+            streamed=streamed,
+            latency_ms=self._elapsed_ms(),
+            finished_at=iso_utc(self._clock.time()),
+            error_code=code,
+            error_message=message,
+            upstream_status=upstream_status if upstream_status != status else None,
+            upstream_latency_ms=self._upstream_latency_ms,
+        )
+        try:
+            updated = finalize(self._db, self.row_id, fin)
+        except Exception:
+            _log.exception("lifecycle.finalize_failed", request_id=self.request_id,
+                           row_id=self.row_id)
+            return
+        event = "lifecycle.aborted" if lifecycle == "aborted" else "lifecycle.finalized"
+        _log.info(event, request_id=self.request_id, row_id=self.row_id, updated=updated,
+                  lifecycle_status=lifecycle, status=status, path=self.path,
+                  model=model or self.call.requested_model, total_tokens=usage.total_tokens,
+                  latency_ms=fin.latency_ms)

@@ -1,0 +1,1 @@
+"""Tests for agent-cli-proxy; helpers shared by several test modules live here."""

@@ -1,0 +1,107 @@
+"""Shared fixtures: a fake upstream and the real proxy (waitress) on loopback port 0."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_cli_proxy.config import Settings, settings_for_tests
+from agent_cli_proxy.server import make_server, request_stop
+from agent_cli_proxy.storage.database import Database, open_database
+from agent_cli_proxy.web.app import ProxyApp
+from agent_cli_proxy.wsgi import create_app
+from tests.fake_upstream import FakeUpstream
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+               ) -> Any:
+    """Poll *predicate* until it returns something truthy (a condition, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+@dataclass
+class RunningProxy:
+    url: str
+    settings: Settings
+    db: Database
+    app: ProxyApp
+    server: Any
+    thread: threading.Thread
+
+    def rows(self) -> list[dict[str, Any]]:
+        conn = sqlite3.connect(self.settings.db_path)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM request_logs ORDER BY id")]
+        finally:
+            conn.close()
+
+    def final_rows(self, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Wait until *count* rows exist and none is pending; return them."""
+        def done() -> list[dict[str, Any]] | None:
+            rows = self.rows()
+            ok = len(rows) >= count and all(r["lifecycle_status"] != "pending" for r in rows)
+            return rows if ok else None
+        rows: list[dict[str, Any]] = wait_until(done, timeout, f"{count} finalized row(s)")
+        return rows
+
+    def stop(self) -> None:
+        request_stop(self.server)
+        self.thread.join(timeout=10)
+        self.app.services.watcher.abort_all("test teardown")
+        self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+        self.app.close()
+        self.db.close()
+
+
+def start_proxy(settings: Settings) -> RunningProxy:
+    db = open_database(settings.db_path)
+    app = create_app(settings, db, disconnect_poll_s=0.02)
+    server = make_server(app, settings, host="127.0.0.1", port=0)
+    thread = threading.Thread(target=server.run, name="waitress-loop", daemon=True)
+    thread.start()
+    return RunningProxy(f"http://127.0.0.1:{server.effective_port}", settings, db, app,
+                        server, thread)
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, upstream: FakeUpstream) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "cli_proxy_api_url": upstream.url,
+            "cli_proxy_api_key": "upstream-secret",
+            "db_path": str(tmp_path / "proxy.db"),
+            "pricing_cache_path": str(tmp_path / "pricing-cache.json"),
+            "proxy_threads": 16,
+        }
+        values.update(overrides)
+        return settings_for_tests(**values)
+    return build
+
+
+@pytest.fixture
+def proxy(make_settings: Callable[..., Settings]) -> Iterator[RunningProxy]:
+    running = start_proxy(make_settings())
+    yield running
+    running.stop()

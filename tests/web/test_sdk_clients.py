@@ -1,0 +1,92 @@
+"""The real OpenAI and Anthropic Python SDKs as clients of the proxy."""
+
+from __future__ import annotations
+
+import anthropic
+import openai
+
+from tests import wire
+from tests.conftest import RunningProxy
+from tests.fake_upstream import FakeUpstream
+
+
+def openai_client(proxy: RunningProxy) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.url + "/v1", api_key="sk-client-key", max_retries=0,
+                         timeout=30)
+
+
+def anthropic_client(proxy: RunningProxy) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=proxy.url, api_key="sk-ant-client", max_retries=0,
+                               timeout=30)
+
+
+def test_openai_chat_non_streaming(proxy: RunningProxy, upstream: FakeUpstream) -> None:
+    with openai_client(proxy) as client:
+        completion = client.chat.completions.create(
+            model="gpt-5", messages=[{"role": "user", "content": "hi"}])
+    assert completion.choices[0].message.content == "Hello!"
+    assert completion.usage is not None and completion.usage.total_tokens == 1500
+    assert upstream.last().header("authorization") == "Bearer upstream-secret"
+    (row,) = proxy.final_rows()
+    assert row["tool"] == "openai-sdk"
+    assert (row["prompt_tokens"], row["cache_read_tokens"], row["completion_tokens"],
+            row["reasoning_tokens"]) == (200, 1000, 300, 120)
+
+
+def test_openai_chat_stream_without_usage_request(proxy: RunningProxy) -> None:
+    with openai_client(proxy) as client:
+        chunks = list(client.chat.completions.create(
+            model="gpt-5", messages=[{"role": "user", "content": "hi"}], stream=True))
+    # The client did not ask for usage: it sees no usage chunk, yet the row is exact.
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello!"
+    assert all(c.choices for c in chunks)
+    assert all(c.usage is None for c in chunks)
+    (row,) = proxy.final_rows()
+    assert row["total_tokens"] == wire.CHAT_BUCKETS.total_tokens
+
+
+def test_openai_chat_stream_with_usage_request(proxy: RunningProxy) -> None:
+    with openai_client(proxy) as client:
+        chunks = list(client.chat.completions.create(
+            model="gpt-5", messages=[{"role": "user", "content": "hi"}], stream=True,
+            stream_options={"include_usage": True}))
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 1200
+    (row,) = proxy.final_rows()
+    assert row["cache_read_tokens"] == 1000
+
+
+def test_openai_responses_stream(proxy: RunningProxy) -> None:
+    with openai_client(proxy) as client:
+        events = list(client.responses.create(model="gpt-5-codex", input="hi", stream=True))
+    assert events[-1].type == "response.completed"
+    (row,) = proxy.final_rows()
+    assert row["model"] == wire.RESP_MODEL
+    assert (row["prompt_tokens"], row["cache_read_tokens"], row["completion_tokens"],
+            row["reasoning_tokens"]) == (904, 4096, 800, 640)
+
+
+def test_anthropic_messages(proxy: RunningProxy, upstream: FakeUpstream) -> None:
+    with anthropic_client(proxy) as client:
+        message = client.messages.create(model="claude-haiku-4-5", max_tokens=64,
+                                         messages=[{"role": "user", "content": "hi"}])
+    assert message.content[0].text == "Hello"  # type: ignore[union-attr]
+    # The SDK authenticates with a Bearer token; the proxy swaps it for the upstream key.
+    assert upstream.last().header("authorization") == "Bearer upstream-secret"
+    (row,) = proxy.final_rows()
+    assert row["tool"] == "anthropic-sdk"
+    assert row["cache_creation_tokens"] == 1000
+    assert row["cache_creation_1h_tokens"] == 400
+
+
+def test_anthropic_messages_stream(proxy: RunningProxy) -> None:
+    with anthropic_client(proxy) as client, client.messages.stream(
+            model="claude-haiku-4-5", max_tokens=64,
+            messages=[{"role": "user", "content": "hi"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Hello"
+    assert final.usage.output_tokens == 42
+    (row,) = proxy.final_rows()
+    assert row["streamed"] == 1
+    assert (row["prompt_tokens"], row["cache_read_tokens"], row["cache_creation_tokens"],
+            row["completion_tokens"]) == (25, 2000, 1000, 42)
