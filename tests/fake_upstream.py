@@ -91,7 +91,8 @@ def default_response(rec: Recorded) -> Script:
     path = rec.path
     canned: wire.Canned
     if path == "/v1/chat/completions":
-        include = isinstance(body, dict) and (body.get("stream_options") or {}).get("include_usage")
+        options = body.get("stream_options") if isinstance(body, dict) else None
+        include = isinstance(options, dict) and options.get("include_usage") is True
         canned = wire.chat_stream(bool(include)) if stream else wire.chat_json()
     elif path == "/v1/responses":
         canned = wire.responses_stream() if stream else wire.responses_json()

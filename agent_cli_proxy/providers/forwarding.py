@@ -4,7 +4,7 @@ Requests and responses are forwarded as received except for the rules here:
 
 * hop-by-hop headers (RFC 9110 §7.6.1, plus any the ``Connection`` header names) belong to
   one connection and are dropped in both directions; ``Host`` and ``Content-Length`` are
-  recomputed for the upstream connection;
+  recomputed for the upstream connection, and ``Expect`` is not forwarded;
 * the client's credentials are replaced by the upstream's key (CLIProxyAPI authenticates
   the proxy, not the coding tool), in whichever header or ``key=`` query parameter the
   client used, so each API family still finds its key where it looks for it;
@@ -33,7 +33,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_RECOMPUTED = frozenset({"host", "content-length"})
+# Host and Content-Length describe the proxy's own upstream connection; Expect was
+# already answered by waitress, which read the whole body before the proxy ran.
+_RECOMPUTED = frozenset({"host", "content-length", "expect"})
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key"})
 READABLE_CODINGS = frozenset({"gzip", "deflate", "identity"})
 

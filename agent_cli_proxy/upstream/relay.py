@@ -29,8 +29,13 @@ from agent_cli_proxy.upstream.client import UpstreamError, classify_error
 
 _log = get_logger("relay")
 READ_SIZE = 64 * 1024
+CLIENT_GONE = "client disconnected"
 
 Outcome = Literal["completed", "aborted", "error"]
+
+
+class RelayAborted(Exception):
+    """The proxy stopped a response on purpose (shutdown) before the upstream ended it."""
 
 
 class Tap(Protocol):
@@ -120,7 +125,7 @@ class Relay:
             if self._abort_reason is not None:
                 return b""
             if self._client_gone is not None and self._client_gone():
-                self.abort("client disconnected")
+                self.abort(CLIENT_GONE)
                 return b""
             try:
                 data = next(self._chunks)
@@ -171,10 +176,13 @@ class Relay:
         piece = self._read()
         if piece:
             return piece
+        # Headers are already out: the only honest signal of a broken response is to cut
+        # the connection, which waitress does when the iterator raises. A client that has
+        # gone needs no signal.
         if self._error is not None:
-            # Headers are already out: the only honest signal left is to cut the
-            # connection, which waitress does when the iterator raises.
             raise self._error
+        if self._abort_reason is not None and self._abort_reason != CLIENT_GONE:
+            raise RelayAborted(self._abort_reason)
         raise StopIteration
 
     # -- ending --------------------------------------------------------------------------
@@ -214,7 +222,7 @@ class Relay:
             outcome = "aborted"
             if self._abort_reason is None:
                 # waitress closes an unfinished body when the client went away.
-                self._abort_reason = "client disconnected"
+                self._abort_reason = CLIENT_GONE
         try:
             if self._eof:
                 self._response.release_conn()

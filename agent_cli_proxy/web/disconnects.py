@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from agent_cli_proxy.log import get_logger
+from agent_cli_proxy.upstream.relay import CLIENT_GONE
 
 _log = get_logger("disconnects")
 
@@ -50,7 +51,7 @@ class DisconnectWatcher:
                 try:
                     if client_gone():
                         self.unwatch(target)
-                        target.abort("client disconnected")
+                        target.abort(CLIENT_GONE)
                 except Exception:
                     _log.exception("disconnects.check_failed")
 

@@ -168,3 +168,24 @@ def test_many_concurrent_streams_each_hold_a_thread(make_settings,
         for script in scripts:
             script.release.set()
         proxy.stop()
+
+
+def test_shutdown_cuts_open_streams_and_records_them_aborted(
+        proxy: RunningProxy, upstream: FakeUpstream) -> None:
+    canned = wire.messages_stream()
+    script = upstream.script(Script(content_type=canned.content_type, pieces=canned.pieces,
+                                    pause_after=2))
+    conn, resp = open_stream(proxy)
+    try:
+        read_until(resp, canned.pieces[0] + canned.pieces[1])
+        assert proxy.app.services.watcher.abort_all("shutdown") == 1
+        # The client must see a broken stream, not a clean (and misleading) end.
+        with pytest.raises(http.client.IncompleteRead):
+            resp.read()
+    finally:
+        conn.close()
+        script.release.set()
+    (row,) = proxy.final_rows()
+    assert row["lifecycle_status"] == "aborted"
+    assert row["error_message"] == "shutdown"
+    assert row["prompt_tokens"] == 25
