@@ -69,13 +69,21 @@ def classify_error(exc: BaseException) -> UpstreamError:
 
 
 def _reason(exc: BaseException) -> str:
-    # NewConnectionError's text embeds the connection object's repr; the errno text is
-    # what a user can act on.
-    for arg in reversed(exc.args):
-        if isinstance(arg, BaseException):
-            return _reason(arg)
-    text = str(exc)
-    return text.split(": ", 1)[-1] if "object at 0x" in text else text
+    """The innermost OS-level cause (``[Errno 111] Connection refused``): what a user can
+    act on, without urllib3's wrapper text and object reprs."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    innermost: BaseException = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and not isinstance(cause, HTTPError):
+            innermost = cause
+        nested = [a for a in cause.args if isinstance(a, BaseException)]
+        cause = nested[-1] if nested else (cause.__cause__ or cause.__context__)
+    if isinstance(innermost, OSError) and innermost.strerror:
+        return f"[Errno {innermost.errno}] {innermost.strerror}"
+    text = str(innermost)
+    return text.rsplit(": ", 1)[-1] if "connection" in text.lower() else text
 
 
 class UpstreamClient:

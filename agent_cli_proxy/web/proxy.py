@@ -151,7 +151,7 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
                                         body if body or request.method not in ("GET", "HEAD")
                                         else None, timeouts)
     except UpstreamError as exc:
-        return _upstream_failed(exc, recorder, call)
+        return _upstream_failed(exc, recorder, call, settings.cli_proxy_api_url)
     if recorder is not None:
         recorder.headers_received()
 
@@ -198,8 +198,8 @@ def _error_response(exc: UpstreamError) -> Response:
 
 
 def _upstream_failed(exc: UpstreamError, recorder: CallRecorder | None,
-                     call: LLMCall | None) -> Response:
-    _log.warning("proxy.upstream_error", kind=exc.kind, error=exc.message,
+                     call: LLMCall | None, upstream: str) -> Response:
+    _log.warning("proxy.upstream_error", kind=exc.kind, error=exc.message, upstream=upstream,
                  model=call.requested_model if call else None)
     if recorder is not None:
         recorder.fail(_ERROR_STATUS[exc.kind], _ERROR_CODE[exc.kind], exc.message)
