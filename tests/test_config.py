@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_cli_proxy import config
+from agent_cli_proxy import config, config_values
 from agent_cli_proxy.config import (
     FIELDS,
     Computed,
@@ -369,7 +369,7 @@ def test_proxy_local_ok_permits_the_local_default(home: Path) -> None:
 def test_loopback_hosts(home: Path, host: str, loopback: bool) -> None:
     settings = load_settings(env(home, PROXY_HOST=host, PROXY_REQUIRE_API_KEY="true"))
     assert settings.is_loopback_host is loopback
-    assert config.is_loopback(host) is loopback
+    assert config_values.is_loopback(host) is loopback
 
 
 def test_non_loopback_host_requires_proxy_keys(home: Path) -> None:
