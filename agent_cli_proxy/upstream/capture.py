@@ -12,6 +12,7 @@ with the message the upstream gave.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 
 from agent_cli_proxy.log import get_logger
@@ -48,9 +49,11 @@ class UsageCapture:
     ) -> None:
         self.family = family
         self.is_event_stream = "text/event-stream" in (content_type or "").lower()
-        self._decoder = _decoder(content_encoding)
-        self._readable = self._decoder is not None or not (content_encoding or "").strip() or (
-            content_encoding or "").strip().lower() == "identity"
+        coding = (content_encoding or "identity").strip().lower() or "identity"
+        self._decoder = _decoder(coding)
+        self.is_plain = coding == "identity"
+        # br, zstd …: relayed untouched, but the proxy cannot read them.
+        self._readable = self.is_plain or self._decoder is not None
         self._max_body = max_body_bytes
         self._parser = SSEParser() if self.is_event_stream else None
         self._extractor = stream_extractor(family) if family and self.is_event_stream else None
@@ -58,9 +61,9 @@ class UsageCapture:
         self._body_len = 0
         self._overflow = False
         self._sample = bytearray()
+        self._finished = False
         self.usage: Usage | None = None
         self.model: str | None = None
-        self._finished = False
 
     @property
     def sample(self) -> str:
@@ -68,7 +71,7 @@ class UsageCapture:
         return self._sample.decode("utf-8", "replace")
 
     def feed(self, data: bytes) -> None:
-        if not self._readable:
+        if not self._readable or self._finished:
             return
         if self._decoder is not None:
             try:
@@ -77,6 +80,9 @@ class UsageCapture:
                 _log.warning("capture.undecodable_body")
                 self._readable = False
                 return
+        self._consume(data)
+
+    def _consume(self, data: bytes) -> None:
         if len(self._sample) < SAMPLE_BYTES:
             self._sample += data[: SAMPLE_BYTES - len(self._sample)]
         if self._parser is not None:
@@ -100,21 +106,13 @@ class UsageCapture:
 
     def finish(self) -> None:
         """Parse what is left; idempotent (the relay may call it at end and at close)."""
-        if self._finished:
-            return
-        self._finished = True
-        if not self._readable:
+        if self._finished or not self._readable:
+            self._finished = True
             return
         if self._decoder is not None:
-            try:
-                tail = self._decoder.flush()
-            except zlib.error:
-                tail = b""
-            if tail:
-                self._finished = False
-                self._decoder = None
-                self.feed(tail)
-                self._finished = True
+            with contextlib.suppress(zlib.error):  # truncated body: keep what was read
+                self._consume(self._decoder.flush())
+        self._finished = True
         if self._parser is not None:
             self._handle_events(self._parser.finish())
         elif self.family is not None and not self._overflow and self._body:

@@ -123,18 +123,7 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
         injected = inject_include_usage(body)
         if injected is not None:
             body, transform = injected, UsageChunkFilter()
-
-    recorder: CallRecorder | None = None
-    if call is not None:
-        recorder = CallRecorder(services.db, services.clock, call, path)
-        identity = identify(request.headers, api_key=_api_key(request),
-                            client_name_mapping=settings.client_name_mapping)
-        msg_id = next((request.headers[h] for h in ("x-msg-id", "x-message-id", "x-request-id")
-                       if request.headers.get(h)), None)
-        recorder.start(identity, method=request.method,
-                       user_agent=request.headers.get("User-Agent"),
-                       source_ip=_client_ip(request, settings.trust_proxy_headers),
-                       msg_id=msg_id, originator=request.headers.get("originator"))
+    recorder = _start_recording(services, request, call, path) if call is not None else None
 
     query = replace_query_key(query, settings.cli_proxy_api_key)
     url = settings.cli_proxy_api_url + path + (f"?{query}" if query else "")
@@ -146,27 +135,24 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
     read_ms = (settings.upstream_stream_first_byte_timeout_ms if streaming
                else settings.upstream_timeout_ms)
     timeouts = Timeouts(connect=settings.upstream_connect_timeout_ms / 1000, read=read_ms / 1000)
+    send_body = body if body or request.method not in ("GET", "HEAD") else None
     try:
-        upstream = services.client.send(request.method, url, headers,
-                                        body if body or request.method not in ("GET", "HEAD")
-                                        else None, timeouts)
+        upstream = services.client.send(request.method, url, headers, send_body, timeouts)
     except UpstreamError as exc:
         return _upstream_failed(exc, recorder, call, settings.cli_proxy_api_url)
     if recorder is not None:
         recorder.headers_received()
 
-    status = upstream.status
     capture = UsageCapture(call.family if call else None,
                            content_type=upstream.headers.get("Content-Type"),
                            content_encoding=upstream.headers.get("Content-Encoding"))
-    encoding = (upstream.headers.get("Content-Encoding") or "identity").strip().lower()
-    if transform is not None and not (capture.is_event_stream and encoding == "identity"):
-        transform = None  # an error body, a JSON answer or unreadable bytes: leave as is
+    if transform is not None and not (capture.is_event_stream and capture.is_plain):
+        transform = None  # an error body, a JSON answer or compressed bytes: leave as is
 
     def on_close(result: RelayResult) -> None:
         services.watcher.unwatch(relay)
         if recorder is not None:
-            recorder.relayed(result, capture, status, status)
+            recorder.relayed(result, capture, upstream.status)
 
     client_gone = request.environ.get("waitress.client_disconnected")
     relay = Relay(upstream, on_close, tap=capture if call else None, transform=transform,
@@ -176,21 +162,33 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
     try:
         relay.prime()
     except UpstreamError as exc:
-        relay_error = exc
-        # Nothing reached the client yet: answer with a clean error instead of a cut stream.
+        # Nothing reached the client yet: answer with a clean error, not a cut stream.
         services.watcher.unwatch(relay)
-        if recorder is not None:
-            recorder.fail(_ERROR_STATUS[relay_error.kind], _ERROR_CODE[relay_error.kind],
-                          relay_error.message)
+        response = _upstream_failed(exc, recorder, call, settings.cli_proxy_api_url)
         relay.close()
-        return _error_response(relay_error)
+        return response
     if streaming:
         # The long first-byte allowance covers queueing and thinking before a stream
         # starts; between chunks the ordinary read timeout applies.
         relay.set_read_timeout(settings.upstream_timeout_ms / 1000)
     response_headers = client_response_headers(upstream.headers.items(),
                                                body_changed=transform is not None)
-    return RelayedResponse(status, upstream.reason or "", response_headers, relay)
+    return RelayedResponse(upstream.status, upstream.reason or "", response_headers, relay)
+
+
+def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
+                     path: str) -> CallRecorder:
+    """Identify the caller and write the pending row (before the upstream is asked)."""
+    headers = request.headers
+    recorder = CallRecorder(services.db, services.clock, call, path)
+    identity = identify(headers, api_key=_api_key(request),
+                        client_name_mapping=services.settings.client_name_mapping)
+    msg_id = next((headers[h] for h in ("x-msg-id", "x-message-id", "x-request-id")
+                   if headers.get(h)), None)
+    recorder.start(identity, method=request.method, user_agent=headers.get("User-Agent"),
+                   source_ip=_client_ip(request, services.settings.trust_proxy_headers),
+                   msg_id=msg_id, originator=headers.get("originator"))
+    return recorder
 
 
 def _error_response(exc: UpstreamError) -> Response:

@@ -90,32 +90,31 @@ class CallRecorder:
         self._finalize("error", status, code, message, usage=Usage(), model=None,
                        upstream_status=None, streamed=None)
 
-    def relayed(self, result: RelayResult, capture: UsageCapture, upstream_status: int,
-                client_status: int) -> None:
-        """The relay closed: completed, cut by an upstream error, or abandoned."""
-        usage = capture.usage or Usage()
-        streamed = capture.is_event_stream
+    def relayed(self, result: RelayResult, capture: UsageCapture, status: int) -> None:
+        """The relay closed: completed, cut by an upstream error, or abandoned.
+
+        *status* is the upstream's, which the client was given with the headers; an
+        abandoned call is recorded as 499 (client closed request), whatever it was.
+        """
+        lifecycle, client_status = "completed", status
+        code: str | None = None
+        message: str | None = None
         if result.outcome == "aborted":
-            self._finalize("aborted", 499, "aborted", result.abort_reason or "aborted",
-                           usage=usage, model=capture.model, upstream_status=upstream_status,
-                           streamed=streamed)
+            lifecycle, client_status = "aborted", 499
+            code, message = "aborted", result.abort_reason or "aborted"
         elif result.outcome == "error":
             err = result.error
-            timed_out = err is not None and err.kind == "timeout"
-            code = "upstream_timeout" if timed_out else "stream_error"
-            self._finalize("error", client_status, code, err.message if err else "stream error",
-                           usage=usage, model=capture.model, upstream_status=upstream_status,
-                           streamed=streamed)
-        elif upstream_status >= 400:
+            lifecycle = "error"
+            code = "upstream_timeout" if err is not None and err.kind == "timeout" else (
+                "stream_error")
+            message = err.message if err is not None else "stream error"
+        elif status >= 400:
             sample = " ".join(capture.sample.split())[:ERROR_SAMPLE_CHARS]
-            message = f"upstream HTTP {upstream_status}" + (f": {sample}" if sample else "")
-            self._finalize("error", client_status, "upstream_error", message, usage=usage,
-                           model=capture.model, upstream_status=upstream_status,
-                           streamed=streamed)
-        else:
-            self._finalize("completed", client_status, None, None, usage=usage,
-                           model=capture.model, upstream_status=upstream_status,
-                           streamed=streamed)
+            lifecycle, code = "error", "upstream_error"
+            message = f"upstream HTTP {status}" + (f": {sample}" if sample else "")
+        self._finalize(lifecycle, client_status, code, message, usage=capture.usage or Usage(),
+                       model=capture.model, upstream_status=status,
+                       streamed=capture.is_event_stream)
 
     def _finalize(self, lifecycle: str, status: int, code: str | None, message: str | None, *,
                   usage: Usage, model: str | None, upstream_status: int | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from agent_cli_proxy.usage.model import Usage
 from tests import wire
 from tests.conftest import RunningProxy
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, Script
 
 
 def post(proxy: RunningProxy, path: str, body: bytes | dict[str, Any],
@@ -127,3 +128,31 @@ def test_invalid_json_is_forwarded_and_recorded(proxy: RunningProxy,
     assert "invalid JSON body" in row["error_message"]
     assert row["model"] == "unknown"
     assert b"invalid JSON body" in body
+
+
+def test_compressed_answers_are_relayed_as_sent_and_still_read(
+        proxy: RunningProxy, upstream: FakeUpstream) -> None:
+    canned = wire.messages_json()
+    compressed = gzip.compress(canned.body)
+    upstream.script(Script(content_type=canned.content_type, pieces=[compressed[:20],
+                                                                     compressed[20:]],
+                           headers=[("Content-Encoding", "gzip")], framing="length"))
+    status, headers, received = post(proxy, "/v1/messages", {"model": "claude-haiku-4-5"},
+                                     {"Accept-Encoding": "gzip"})
+    assert status == 200
+    assert headers["content-encoding"] == "gzip"
+    assert received == compressed  # not decoded on the way: byte for byte
+    (row,) = proxy.final_rows()
+    assert buckets(row) == canned.usage
+
+
+def test_unreadable_coding_is_relayed_and_recorded_without_usage(
+        proxy: RunningProxy, upstream: FakeUpstream) -> None:
+    opaque = b"\x8b\x00\x80not-really-brotli"
+    upstream.script(Script(pieces=[opaque], headers=[("Content-Encoding", "br")],
+                           framing="length"))
+    status, _, received = post(proxy, "/v1/messages", {"model": "claude-haiku-4-5"})
+    assert (status, received) == (200, opaque)
+    (row,) = proxy.final_rows()
+    assert row["lifecycle_status"] == "completed"
+    assert row["total_tokens"] == 0
