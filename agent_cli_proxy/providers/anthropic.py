@@ -20,23 +20,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from agent_cli_proxy.providers.openai_chat import Reading
+from agent_cli_proxy.providers.readings import Reading, as_object
 from agent_cli_proxy.usage.model import Usage
 
 # message_start holds "message", message_delta holds "usage"; content blocks hold neither.
 NEEDLES = ('"usage"', '"message"')
 
 
-def _obj(value: object) -> dict[str, object]:
-    return value if isinstance(value, dict) else {}
-
-
 def usage_fields(usage: object) -> dict[str, object]:
     """Canonical counters of an Anthropic ``usage`` object (values still unvalidated)."""
-    u = _obj(usage)
+    u = as_object(usage)
     if not u:
         return {}
-    split = _obj(u.get("cache_creation"))
+    split = as_object(u.get("cache_creation"))
     return {
         "input": u.get("input_tokens"),
         "cache_read": u.get("cache_read_input_tokens"),
@@ -49,20 +45,20 @@ def usage_fields(usage: object) -> dict[str, object]:
 
 def body_readings(obj: object) -> list[Reading]:
     """Readings of a non-stream ``message`` body (an ``error`` body has no usage)."""
-    o = _obj(obj)
+    o = as_object(obj)
     if not o:
         return []
     if "usage" not in o and isinstance(o.get("message"), dict):
-        o = _obj(o["message"])  # tolerate a wrapped message, as the original did
+        o = as_object(o["message"])  # tolerate a wrapped message, as the original did
     return [(usage_fields(o.get("usage")), o.get("model"))]
 
 
 def event_reading(event: str | None, obj: object) -> Reading | None:
     """Reading of one stream event: ``message_start`` or ``message_delta``."""
-    o = _obj(obj)
+    o = as_object(obj)
     kind = o.get("type", event)
     if kind == "message_start":
-        message = _obj(o.get("message"))
+        message = as_object(o.get("message"))
         return (usage_fields(message.get("usage")), message.get("model"))
     if kind == "message_delta":
         return (usage_fields(o.get("usage")), None)

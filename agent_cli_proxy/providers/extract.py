@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent_cli_proxy.providers import anthropic, gemini, openai_chat, openai_responses
-from agent_cli_proxy.providers.openai_chat import Reading
+from agent_cli_proxy.providers.readings import Reading
 from agent_cli_proxy.providers.routes import Family
 from agent_cli_proxy.usage.model import Usage
 

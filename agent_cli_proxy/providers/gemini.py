@@ -18,19 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from agent_cli_proxy.providers.openai_chat import Reading
+from agent_cli_proxy.providers.readings import Reading, as_object
 from agent_cli_proxy.usage.model import Usage
 
 NEEDLES = ('"usageMetadata"', '"modelVersion"')
 
 
-def _obj(value: object) -> dict[str, object]:
-    return value if isinstance(value, dict) else {}
-
-
 def usage_fields(metadata: object) -> dict[str, object]:
     """Canonical counters of a ``usageMetadata`` object (values still unvalidated)."""
-    m = _obj(metadata)
+    m = as_object(metadata)
     if not m:
         return {}
     return {
@@ -43,7 +39,7 @@ def usage_fields(metadata: object) -> dict[str, object]:
 
 
 def _reading(chunk: object) -> Reading | None:
-    c = _obj(chunk)
+    c = as_object(chunk)
     inner = c.get("response")
     if isinstance(inner, dict):
         c = inner  # Code Assist envelope: {"response": {...}, "traceId": ...}

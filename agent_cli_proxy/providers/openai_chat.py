@@ -25,18 +25,12 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
+from agent_cli_proxy.providers.readings import Reading, as_object
 from agent_cli_proxy.providers.routes import wants_stream
 from agent_cli_proxy.usage.model import Usage
 
-Reading = tuple[dict[str, object], object]
-"""(wire counters by canonical name, model): the shape every family module returns."""
-
 # Cheap pre-filter for stream events: chunks without these cannot change usage or model.
 NEEDLES = ('"usage"', '"model"')
-
-
-def _obj(value: object) -> dict[str, object]:
-    return value if isinstance(value, dict) else {}
 
 
 def _first(*values: object) -> object:
@@ -45,11 +39,11 @@ def _first(*values: object) -> object:
 
 def usage_fields(usage: object) -> dict[str, object]:
     """Canonical counters of a chat-style ``usage`` object (values still unvalidated)."""
-    u = _obj(usage)
+    u = as_object(usage)
     if not u:
         return {}
-    pd = _obj(u.get("prompt_tokens_details"))
-    cd = _obj(u.get("completion_tokens_details"))
+    pd = as_object(u.get("prompt_tokens_details"))
+    cd = as_object(u.get("completion_tokens_details"))
     return {
         "prompt": u.get("prompt_tokens"),
         # DeepSeek reports cache hits beside the standard detail.
@@ -69,13 +63,13 @@ def usage_fields(usage: object) -> dict[str, object]:
 
 def body_readings(obj: object) -> list[Reading]:
     """Readings of a non-stream ``chat.completion`` body (an error body has no usage)."""
-    o = _obj(obj)
+    o = as_object(obj)
     return [(usage_fields(o.get("usage")), o.get("model"))] if o else []
 
 
 def event_reading(event: str | None, obj: object) -> Reading | None:
     """Reading of one ``chat.completion.chunk`` (``usage`` null on most chunks)."""
-    o = _obj(obj)
+    o = as_object(obj)
     return (usage_fields(o.get("usage")), o.get("model")) if o else None
 
 

@@ -16,8 +16,8 @@ bucket arithmetic is :func:`agent_cli_proxy.providers.openai_chat.to_usage`.
 
 from __future__ import annotations
 
-from agent_cli_proxy.providers.openai_chat import Reading
 from agent_cli_proxy.providers.openai_chat import to_usage as to_usage
+from agent_cli_proxy.providers.readings import Reading, as_object
 
 __all__ = ["NEEDLES", "body_readings", "event_reading", "to_usage", "usage_fields"]
 
@@ -26,17 +26,13 @@ __all__ = ["NEEDLES", "body_readings", "event_reading", "to_usage", "usage_field
 NEEDLES = ('"response"',)
 
 
-def _obj(value: object) -> dict[str, object]:
-    return value if isinstance(value, dict) else {}
-
-
 def usage_fields(usage: object) -> dict[str, object]:
     """Canonical counters of a Responses ``usage`` object (values still unvalidated)."""
-    u = _obj(usage)
+    u = as_object(usage)
     if not u:
         return {}
-    idt = _obj(u.get("input_tokens_details"))
-    odt = _obj(u.get("output_tokens_details"))
+    idt = as_object(u.get("input_tokens_details"))
+    odt = as_object(u.get("output_tokens_details"))
     write = idt.get("cache_write_tokens")
     return {
         "prompt": u.get("input_tokens"),
@@ -50,7 +46,7 @@ def usage_fields(usage: object) -> dict[str, object]:
 
 
 def _reading(response: object) -> Reading | None:
-    r = _obj(response)
+    r = as_object(response)
     return (usage_fields(r.get("usage")), r.get("model")) if r else None
 
 
@@ -66,4 +62,4 @@ def event_reading(event: str | None, obj: object) -> Reading | None:
     ``response.created``/``in_progress`` give the model early (usage null), the terminal
     events (``completed``, ``incomplete``, ``failed``) give the usage.
     """
-    return _reading(_obj(obj).get("response"))
+    return _reading(as_object(obj).get("response"))
