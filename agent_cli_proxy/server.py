@@ -91,8 +91,9 @@ def serve(settings: Settings) -> int:
     server = make_server(app, settings)
     for warning in settings.warnings:
         _log.warning("config.warning", message=warning)
-    _log.info("server.listening", host=settings.proxy_host, port=server.effective_port,
-              url=f"http://{settings.proxy_host}:{server.effective_port}",
+    port = int(server.effective_port)  # waitress reports it as text
+    _log.info("server.listening", host=settings.proxy_host, port=port,
+              url=f"http://{settings.proxy_host}:{port}",
               upstream=settings.cli_proxy_api_url, threads=settings.proxy_threads,
               db_path=settings.db_path, version=__version__)
     return run_until_stopped(server, app, db)

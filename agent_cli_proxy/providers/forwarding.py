@@ -51,11 +51,10 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
 
 
 def _narrow_accept_encoding(value: str) -> str | None:
-    kept = [
-        token.strip()
-        for token in value.split(",")
-        if token.split(";", 1)[0].strip().lower() in READABLE_CODINGS
-    ]
+    tokens = value.split(",")
+    kept = [t.strip() for t in tokens if t.split(";", 1)[0].strip().lower() in READABLE_CODINGS]
+    if len(kept) == len(tokens):
+        return value  # nothing to narrow: leave the client's bytes alone
     return ", ".join(kept) if kept else None
 
 

@@ -1,7 +1,7 @@
 """The WSGI application: a routing table of named endpoints and their handlers.
 
-Every path that an AI coding tool or SDK may call (``/v1/*``, Gemini's ``/v1beta/*`` and
-``/v1alpha/*``, Code Assist's ``/v1internal:*``, ``/api/*``) goes to the proxy endpoint;
+Every path that an AI coding tool or SDK may call (``/``, ``/v1/*``, Gemini's ``/v1beta/*``
+and ``/v1alpha/*``, Code Assist's ``/v1internal:*``, ``/api/*``) goes to the proxy endpoint;
 the proxy decides which of them are LLM calls worth a row. Anything else is a JSON 404.
 """
 
@@ -25,6 +25,8 @@ Handler = Callable[[Request], Any]
 URL_MAP = Map(
     [
         Rule("/health", endpoint="health", methods=["GET", "HEAD"]),
+        # Claude Code probes "HEAD /" before its first call: let the upstream answer.
+        Rule("/", endpoint="proxy"),
         Rule("/v1/<path:rest>", endpoint="proxy"),
         Rule("/v1beta/<path:rest>", endpoint="proxy"),
         Rule("/v1alpha/<path:rest>", endpoint="proxy"),

@@ -50,6 +50,8 @@ def test_non_llm_calls_pass_through_without_a_row(proxy: RunningProxy,
     assert (status, body) == (200, b'{"input_tokens":42}')
     status, _, _ = request(proxy, "GET", "/api/tags")
     assert status == 404  # the upstream's answer, relayed
+    status, _, _ = request(proxy, "HEAD", "/")  # Claude Code's connectivity probe
+    assert (status, upstream.last().method, upstream.last().path) == (404, "HEAD", "/")
     assert proxy.rows() == []
 
 
@@ -112,6 +114,8 @@ def test_hop_by_hop_headers_dropped_end_to_end_headers_kept(proxy: RunningProxy,
     assert rec.header("Keep-Alive") is None
     assert rec.header("X-Trace") == "t1"
     assert rec.header("Accept-Encoding") == "gzip"  # only what the proxy can read
+    request(proxy, "GET", "/v1/models", headers={"Accept-Encoding": "gzip,deflate"})
+    assert upstream.last().header("Accept-Encoding") == "gzip,deflate"  # nothing to narrow
 
     (row,) = proxy.final_rows()
     assert row["lifecycle_status"] == "error"
