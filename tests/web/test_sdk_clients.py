@@ -6,7 +6,7 @@ import anthropic
 import openai
 
 from tests import wire
-from tests.conftest import RunningProxy
+from tests.conftest import RunningProxy, start_proxy
 from tests.fake_upstream import FakeUpstream
 
 
@@ -90,3 +90,17 @@ def test_anthropic_messages_stream(proxy: RunningProxy) -> None:
     assert row["streamed"] == 1
     assert (row["prompt_tokens"], row["cache_read_tokens"], row["cache_creation_tokens"],
             row["completion_tokens"]) == (25, 2000, 1000, 42)
+
+
+def test_client_name_mapping_names_the_instance_by_its_key(make_settings) -> None:
+    proxy = start_proxy(make_settings(client_name_mapping={"sk-alice-key": "alice-laptop"}))
+    try:
+        for key in ("sk-alice-key", "sk-bob-key"):
+            with openai.OpenAI(base_url=proxy.url + "/v1", api_key=key, max_retries=0) as client:
+                client.chat.completions.create(model="gpt-5", messages=[])
+        alice, bob = proxy.final_rows(2)
+    finally:
+        proxy.stop()
+    assert alice["client_id"] == "openai-sdk-alice-laptop"
+    assert bob["client_id"].startswith("openai-sdk-key-")
+    assert "bob" not in bob["client_id"]  # no key characters are ever stored
