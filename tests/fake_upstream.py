@@ -134,8 +134,8 @@ class _Handler(BaseHTTPRequestHandler):
         with up.lock:
             up.requests.append(rec)
             script = up.scripts.popleft() if up.scripts else default_response(rec)
-        if script.delay_headers is not None:
-            script.delay_headers.wait(30)
+        if script.delay_headers is not None and not self._hold(script.delay_headers):
+            return
         self._respond(script)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
@@ -181,10 +181,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(piece)
         self.wfile.flush()
 
-    def _pause(self, script: Script) -> None:
-        """Wait for the test; notice meanwhile if the proxy hangs up on us."""
-        while not script.release.wait(0.02):
+    def _hold(self, gate: threading.Event) -> bool:
+        """Wait for *gate*; False (and ``client_gone`` set) if the proxy hangs up first."""
+        while not gate.wait(0.02):
             readable, _, _ = select.select([self.connection], [], [], 0)
             if readable and not self.connection.recv(1, socket.MSG_PEEK):
                 self.upstream.client_gone.set()
-                raise ConnectionResetError("proxy closed the upstream connection")
+                self.close_connection = True
+                return False
+        return True
+
+    def _pause(self, script: Script) -> None:
+        """Wait for the test; notice meanwhile if the proxy hangs up on us."""
+        if not self._hold(script.release):
+            raise ConnectionResetError("proxy closed the upstream connection")

@@ -6,8 +6,8 @@ Requests and responses are forwarded as received except for the rules here:
   one connection and are dropped in both directions; ``Host`` and ``Content-Length`` are
   recomputed for the upstream connection, and ``Expect`` is not forwarded;
 * the client's credentials are replaced by the upstream's key (CLIProxyAPI authenticates
-  the proxy, not the coding tool), in whichever header or ``key=`` query parameter the
-  client used, so each API family still finds its key where it looks for it;
+  the proxy, not the coding tool), in whichever header or ``key=``/``auth_token=`` query
+  parameter the client used, so each API family still finds its key where it looks for it;
 * ``Accept-Encoding`` is narrowed to codings the proxy can read (gzip, deflate): the client
   still receives the upstream's bytes unchanged, and the proxy can still read the usage.
 
@@ -83,15 +83,20 @@ def upstream_request_headers(client_headers: Iterable[tuple[str, str]], api_key:
     return out
 
 
+# CLIProxyAPI also takes a client key from these query parameters (``key`` is Gemini's).
+CREDENTIAL_PARAMS = frozenset({"key", "auth_token"})
+
+
 def replace_query_key(query: str, api_key: str) -> str:
-    """Swap the value of a ``key=`` query parameter (Gemini style), keeping the rest
-    byte-identical, since re-encoding a query string can change what the upstream sees."""
-    if "key=" not in query:
+    """Swap the value of credential query parameters, keeping the rest byte-identical,
+    since re-encoding a query string can change what the upstream sees."""
+    if "key=" not in query and "auth_token=" not in query:
         return query
     parts = query.split("&")
     for i, part in enumerate(parts):
-        if part.split("=", 1)[0] == "key":
-            parts[i] = f"key={api_key}"
+        name = part.split("=", 1)[0]
+        if name in CREDENTIAL_PARAMS:
+            parts[i] = f"{name}={api_key}"
     return "&".join(parts)
 
 
@@ -104,6 +109,11 @@ def client_response_headers(upstream_headers: Iterable[tuple[str, str]], *,
     """
     upstream_headers = list(upstream_headers)
     dropped = HOP_BY_HOP | _connection_tokens(upstream_headers)
-    if body_changed:
+    lengths = [v for n, v in upstream_headers if n.lower() == "content-length"]
+    chunked = any(n.lower() == "transfer-encoding" for n, _ in upstream_headers)
+    # A length next to chunking is to be ignored (RFC 9112 §6.3), and one that is not a
+    # single plain number would make waitress fail after the row was opened: let waitress
+    # frame the body itself in both cases.
+    if body_changed or chunked or len(lengths) > 1 or not all(v.isdigit() for v in lengths):
         dropped = dropped | {"content-length"}
     return [(n, v) for n, v in upstream_headers if n.lower() not in dropped]

@@ -10,11 +10,15 @@ by the caller, which knows whether the upstream could have started the work alre
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -24,6 +28,7 @@ from urllib3.exceptions import (
 )
 
 ErrorKind = Literal["connect", "timeout", "protocol"]
+_current = threading.local()  # the SendHandle of the request this thread is sending
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,72 @@ def _reason(exc: BaseException) -> str:
     return text.rsplit(": ", 1)[-1] if "connection" in text.lower() else text
 
 
+class SendHandle:
+    """Lets another thread abort a request that is still waiting for response headers.
+
+    A non-streaming LLM call does all its work before the headers come back; if the client
+    leaves (or the proxy shuts down) meanwhile, closing the upstream connection tells the
+    upstream to stop generating. The connection reports its socket here once the request
+    is on the wire.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._done = False
+        self.abort_reason: str | None = None
+
+    def _attach(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._sock = sock
+            if self.abort_reason is not None:
+                self._shutdown()
+
+    def abort(self, reason: str) -> None:
+        with self._lock:
+            if self._done or self.abort_reason is not None:
+                return
+            self.abort_reason = reason
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def _finish(self) -> None:
+        # From here on the socket belongs to the response (or is back in the pool).
+        with self._lock:
+            self._done = True
+            self._sock = None
+
+
+class _Tracked:
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)  # type: ignore[misc]
+        handle: SendHandle | None = getattr(_current, "handle", None)
+        if handle is not None:
+            handle._attach(self.sock)  # type: ignore[attr-defined]
+
+
+class _TrackedHTTPConnection(_Tracked, HTTPConnection):
+    pass
+
+
+class _TrackedHTTPSConnection(_Tracked, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
 class UpstreamClient:
     """Sends requests through one shared, thread-safe :class:`urllib3.PoolManager`."""
 
@@ -96,6 +167,7 @@ class UpstreamClient:
             block=False,
             retries=False,
         )
+        self._pool.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
     def send(
         self,
@@ -104,6 +176,7 @@ class UpstreamClient:
         headers: list[tuple[str, str]],
         body: bytes | None,
         timeouts: Timeouts,
+        handle: SendHandle | None = None,
     ) -> urllib3.BaseHTTPResponse:
         """Send one request and return as soon as the response headers arrived.
 
@@ -112,7 +185,12 @@ class UpstreamClient:
         """
         header_dict = urllib3.HTTPHeaderDict()
         for name, value in headers:
-            header_dict.add(name, value)
+            if value != urllib3.util.SKIP_HEADER:  # urllib3's sentinel is not a header value
+                header_dict.add(name, value)
+        if "user-agent" not in header_dict:
+            # Send no User-Agent rather than urllib3's own: the upstream sees the client.
+            header_dict["User-Agent"] = urllib3.util.SKIP_HEADER
+        _current.handle = handle
         try:
             return self._pool.request(
                 method,
@@ -127,6 +205,15 @@ class UpstreamClient:
             )
         except (HTTPError, OSError) as exc:
             raise classify_error(exc) from exc
+        except Exception as exc:
+            # Anything else urllib3 raises (a header it refuses, …) is still a failed
+            # request, never a reason to leave the caller's row unfinished.
+            raise UpstreamError("protocol", f"could not send the request upstream: {exc}"
+                                ) from exc
+        finally:
+            _current.handle = None
+            if handle is not None:
+                handle._finish()
 
     def close(self) -> None:
         self._pool.clear()

@@ -99,6 +99,9 @@ class Relay:
         self._tap = tap
         self._transform = transform
         self._client_gone = client_gone
+        # Captured now, while the response owns the connection: urllib3 hands a fully read
+        # connection back to the pool by itself, and abort() must never touch it then.
+        self._sock = self._socket()
         self._lock = threading.Lock()
         self._closed = False
         self._eof = False
@@ -136,13 +139,20 @@ class Relay:
                     self._error = classify_error(exc)
                 return b""
             if not data:
-                if self._abort_reason is None:
-                    self._eof = True
+                with self._lock:
+                    if self._abort_reason is None:
+                        self._eof = True
+                if self._eof:
                     return self._finish_pieces()
                 return b""
             self._received += len(data)
             self._feed_tap(data)
-            out = self._transform.feed(data) if self._transform is not None else data
+            try:
+                out = self._transform.feed(data) if self._transform is not None else data
+            except Exception as exc:
+                _log.exception("relay.transform_failed")
+                self._error = UpstreamError("protocol", f"proxy transform failed: {exc!r}")
+                return b""
             if out:
                 return out
         return b""
@@ -194,20 +204,19 @@ class Relay:
 
     def set_read_timeout(self, seconds: float) -> None:
         """How long each later read may wait for the upstream to send something."""
-        sock = self._socket()
-        if sock is not None:
+        if self._sock is not None:
             with contextlib.suppress(OSError):
-                sock.settimeout(seconds)
+                self._sock.settimeout(seconds)
 
     def abort(self, reason: str) -> None:
         """Stop relaying; safe from any thread. Unblocks a read waiting on the upstream."""
-        if self._abort_reason is not None or self._eof:
-            return
-        self._abort_reason = reason
-        sock = self._socket()
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed by the other side
-                sock.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            if self._abort_reason is not None or self._eof or self._closed:
+                return
+            self._abort_reason = reason
+            if self._sock is not None:
+                with contextlib.suppress(OSError):  # already closed by the other side
+                    self._sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         with self._lock:

@@ -27,7 +27,7 @@ from agent_cli_proxy.providers.openai_chat import UsageChunkFilter, inject_inclu
 from agent_cli_proxy.providers.routes import Family, LLMCall, classify
 from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.upstream.capture import UsageCapture
-from agent_cli_proxy.upstream.client import Timeouts, UpstreamClient, UpstreamError
+from agent_cli_proxy.upstream.client import SendHandle, Timeouts, UpstreamClient, UpstreamError
 from agent_cli_proxy.upstream.relay import Relay, RelayResult, Transform
 from agent_cli_proxy.usage.identify import identify
 from agent_cli_proxy.web.disconnects import DisconnectWatcher
@@ -65,7 +65,13 @@ class RelayedResponse:
         self.body = body
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        start_response(self.status_line, self.headers)
+        try:
+            start_response(self.status_line, self.headers)
+        except BaseException:
+            # waitress never sees the body, so it would never close it: do it here, which
+            # releases the upstream connection and finalizes the row.
+            self.body.close()
+            raise
         return self.body
 
 
@@ -79,10 +85,28 @@ def _reason(status: int) -> str:
 def _target(request: Request) -> tuple[str, str]:
     """Raw path and query exactly as the client sent them (percent-encoding intact)."""
     raw = request.environ.get("REQUEST_URI")
+    if isinstance(raw, str) and raw[:8].lower().startswith(("http://", "https://")):
+        raw = _origin_form(raw)
     if isinstance(raw, str) and raw.startswith("/"):
         path, _, query = raw.partition("?")
         return path, query
     return request.environ.get("PATH_INFO", "/"), request.environ.get("QUERY_STRING", "")
+
+
+def _origin_form(absolute: str) -> str:
+    """``http://host:1/p?q`` -> ``/p?q`` (a request target in absolute form)."""
+    rest = absolute.split("://", 1)[1]
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i != -1), default=len(rest))
+    tail = rest[cut:]
+    return tail if tail.startswith("/") else "/" + tail
+
+
+def _ambiguous(decoded_path: str) -> bool:
+    """Dot segments or empty segments: the upstream (or urllib3 on the way) would resolve
+    them to another path than the one classified here, so an LLM call could go unrecorded
+    or reach a path the proxy does not serve (CLIProxyAPI's management API)."""
+    segments = decoded_path.split("/")[1:]
+    return any(seg in (".", "..") for seg in segments) or "" in segments[:-1]
 
 
 def _read_body(request: Request, limit: int) -> bytes | None:
@@ -116,15 +140,34 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
     if body is None:
         return json_error(413, "request_too_large", f"request body exceeds {limit} bytes",
                           limit=limit)
+    if _ambiguous(request.path):
+        return json_error(400, "ambiguous_path",
+                          "request path must not contain '.', '..' or empty segments")
     path, query = _target(request)
-    call = classify(request.method, path, body)
+    # Classified on the decoded path: the one the upstream will route on.
+    call = classify(request.method, request.path, body)
     transform: Transform | None = None
     if call is not None and call.family is Family.OPENAI_CHAT and call.stream:
         injected = inject_include_usage(body)
         if injected is not None:
             body, transform = injected, UsageChunkFilter()
     recorder = _start_recording(services, request, call, path) if call is not None else None
+    try:
+        return _forward(services, request, call, recorder, body, path, query, transform)
+    except Exception as exc:
+        # A defect must not leave the row pending or the upstream connection open; the
+        # relay (if any) was closed by _forward.
+        _log.exception("proxy.internal_error", path=path)
+        if recorder is not None:
+            recorder.fail(500, "internal_error", f"proxy error: {exc!r}")
+        return json_error(500, "internal_error", "internal proxy error")
 
+
+def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
+             recorder: CallRecorder | None, body: bytes, path: str, query: str,
+             transform: Transform | None) -> WSGIApp:
+    """Send upstream and build the relayed response (or a clean JSON error)."""
+    settings = services.settings
     query = replace_query_key(query, settings.cli_proxy_api_key)
     url = settings.cli_proxy_api_url + path + (f"?{query}" if query else "")
     headers = upstream_request_headers(request.headers.items(), settings.cli_proxy_api_key)
@@ -136,10 +179,24 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
                else settings.upstream_timeout_ms)
     timeouts = Timeouts(connect=settings.upstream_connect_timeout_ms / 1000, read=read_ms / 1000)
     send_body = body if body or request.method not in ("GET", "HEAD") else None
+    client_gone = request.environ.get("waitress.client_disconnected")
+    client_gone = client_gone if callable(client_gone) else None
+
+    pending = SendHandle()
+    if client_gone is not None:
+        services.watcher.watch(client_gone, pending)
     try:
-        upstream = services.client.send(request.method, url, headers, send_body, timeouts)
+        upstream = services.client.send(request.method, url, headers, send_body, timeouts,
+                                        pending)
     except UpstreamError as exc:
+        if pending.abort_reason is not None:
+            return _abandoned(recorder, pending.abort_reason)
         return _upstream_failed(exc, recorder, call, settings.cli_proxy_api_url)
+    finally:
+        services.watcher.unwatch(pending)
+    if pending.abort_reason is not None:  # headers came back just as the abort did
+        upstream.close()
+        return _abandoned(recorder, pending.abort_reason)
     if recorder is not None:
         recorder.headers_received()
 
@@ -154,25 +211,27 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
         if recorder is not None:
             recorder.relayed(result, capture, upstream.status)
 
-    client_gone = request.environ.get("waitress.client_disconnected")
     relay = Relay(upstream, on_close, tap=capture if call else None, transform=transform,
                   client_gone=client_gone)
-    if callable(client_gone):
-        services.watcher.watch(client_gone, relay)
     try:
+        if client_gone is not None:
+            services.watcher.watch(client_gone, relay)
         relay.prime()
+        if streaming:
+            # The long first-byte allowance covers queueing and thinking before a stream
+            # starts; between chunks the ordinary read timeout applies.
+            relay.set_read_timeout(settings.upstream_timeout_ms / 1000)
+        response_headers = client_response_headers(upstream.headers.items(),
+                                                   body_changed=transform is not None)
     except UpstreamError as exc:
         # Nothing reached the client yet: answer with a clean error, not a cut stream.
-        services.watcher.unwatch(relay)
-        response = _upstream_failed(exc, recorder, call, settings.cli_proxy_api_url)
+        response = _upstream_failed(exc, recorder, call, settings.cli_proxy_api_url,
+                                    upstream.status)
         relay.close()
         return response
-    if streaming:
-        # The long first-byte allowance covers queueing and thinking before a stream
-        # starts; between chunks the ordinary read timeout applies.
-        relay.set_read_timeout(settings.upstream_timeout_ms / 1000)
-    response_headers = client_response_headers(upstream.headers.items(),
-                                               body_changed=transform is not None)
+    except BaseException:
+        relay.close()
+        raise
     return RelayedResponse(upstream.status, upstream.reason or "", response_headers, relay)
 
 
@@ -196,9 +255,18 @@ def _error_response(exc: UpstreamError) -> Response:
 
 
 def _upstream_failed(exc: UpstreamError, recorder: CallRecorder | None,
-                     call: LLMCall | None, upstream: str) -> Response:
+                     call: LLMCall | None, upstream: str,
+                     upstream_status: int | None = None) -> Response:
     _log.warning("proxy.upstream_error", kind=exc.kind, error=exc.message, upstream=upstream,
                  model=call.requested_model if call else None)
     if recorder is not None:
-        recorder.fail(_ERROR_STATUS[exc.kind], _ERROR_CODE[exc.kind], exc.message)
+        recorder.fail(_ERROR_STATUS[exc.kind], _ERROR_CODE[exc.kind], exc.message,
+                      upstream_status=upstream_status)
     return _error_response(exc)
+
+
+def _abandoned(recorder: CallRecorder | None, reason: str) -> Response:
+    """The client left (or the proxy is stopping) before the upstream answered."""
+    if recorder is not None:
+        recorder.abandoned(reason)
+    return json_error(499, "aborted", reason)

@@ -85,9 +85,15 @@ class CallRecorder:
     def _elapsed_ms(self) -> int:
         return max(0, round((self._clock.monotonic() - self._started) * 1000))
 
-    def fail(self, status: int, code: str, message: str) -> None:
+    def fail(self, status: int, code: str, message: str, *,
+             upstream_status: int | None = None) -> None:
         """The call ended before any response reached the client."""
         self._finalize("error", status, code, message, usage=Usage(), model=None,
+                       upstream_status=upstream_status, streamed=None)
+
+    def abandoned(self, reason: str) -> None:
+        """The client left (or the proxy stopped) before the upstream answered."""
+        self._finalize("aborted", 499, "aborted", reason, usage=Usage(), model=None,
                        upstream_status=None, streamed=None)
 
     def relayed(self, result: RelayResult, capture: UsageCapture, status: int) -> None:
