@@ -48,19 +48,26 @@ def make_server(app: ProxyApp, settings: Settings, *, host: str | None = None,
         max_request_body_size=settings.max_request_body_bytes * _WAITRESS_BODY_FACTOR + 1,
         ident=f"agent-cli-proxy/{__version__}",
         expose_tracebacks=False,
-        clear_untrusted_proxy_headers=True,
+        # Keep X-Forwarded-* in the environ: they are forwarded like any header, and read
+        # for the client address when TRUST_PROXY_HEADERS says the proxy sits behind one.
+        clear_untrusted_proxy_headers=False,
     )
 
 
-def request_stop(server: Any) -> None:
-    """Make a waitress loop running in another thread close every socket and return.
-
-    Closing sockets from outside the loop thread races its ``select``; waitress's trigger
-    runs the close inside the loop instead.
-    """
+def _sockets(server: Any) -> dict[int, Any]:
+    """waitress's socket map (a single server keeps it in ``_map``, a multi-socket one in
+    ``map``)."""
     sockets = getattr(server, "_map", None)
-    if sockets is None:
-        sockets = server.map
+    return server.map if sockets is None else sockets  # type: ignore[no-any-return]
+
+
+def request_stop(server: Any) -> None:
+    """Make a running waitress loop close every socket and return.
+
+    Safe from another thread or a signal handler: closing sockets from outside the loop
+    races its ``select``, so waitress's trigger runs the close inside the loop instead.
+    """
+    sockets = _sockets(server)
     trigger = next((d for d in list(sockets.values()) if isinstance(d, Trigger)), None)
     if trigger is None:
         return
@@ -69,16 +76,6 @@ def request_stop(server: Any) -> None:
         wasyncore.close_all(sockets)
 
     trigger.pull_trigger(close_all)
-
-
-class _Stop(Exception):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_stop(signum: int, _frame: FrameType | None) -> None:
-    raise _Stop(signum)
 
 
 def serve(settings: Settings) -> int:
@@ -100,27 +97,37 @@ def serve(settings: Settings) -> int:
 
 
 def run_until_stopped(server: Any, app: ProxyApp, db: Database) -> int:
-    """Serve until a stop signal, then unwind: streams aborted, threads joined, DB closed."""
-    installed = threading.current_thread() is threading.main_thread()
+    """Serve until a stop signal, then unwind: streams aborted, threads joined, DB closed.
+
+    The signal handler raises nothing: an exception raised inside waitress's loop can land
+    in a socket callback, whose catch-all would swallow it and keep serving. It aborts the
+    open streams and asks the loop, through its trigger, to close every socket and return.
+    """
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if not received:
+            received.append(signum)
+            app.services.watcher.abort_all("shutdown")
+            request_stop(server)
+
     previous: dict[int, Any] = {}
-    if installed:
+    if threading.current_thread() is threading.main_thread():
         # Python's default SIGTERM kills the process without unwinding (no row
         # finalization, no WAL checkpoint): turn it into an orderly stop.
         for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, _raise_stop)
-    signum = 0
+            previous[sig] = signal.signal(sig, on_signal)
     try:
         server.run()
-    except _Stop as stop:
-        signum = stop.signum
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)  # a second signal now ends the process at once
-        _log.info("shutdown.signal", signal=signal.Signals(signum).name if signum else None)
-        server.close()
-        aborted = app.services.watcher.abort_all("shutdown")
+        _log.info("shutdown.signal",
+                  signal=signal.Signals(received[0]).name if received else None)
+        wasyncore.close_all(_sockets(server))  # no-op after request_stop
+        aborted = app.services.watcher.abort_all("shutdown")  # calls begun meanwhile
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=STOP_TIMEOUT_S)
         app.close()
         db.close()
-        _log.info("shutdown.complete", aborted_streams=aborted)
+        _log.info("shutdown.complete", aborted_late=aborted)
     return 0
