@@ -32,21 +32,28 @@ Sub-commands::
 ``--isolate`` re-executes the whole run inside a fresh network namespace
 (``unshare -rn``) with only loopback up, so a CLI that ignores its base-URL setting for some
 call (telemetry, update checks, auth) cannot reach a real provider: it fails instead.
+
+``bench/real_clis_e2e.py`` reuses the server (``make_server``, ``Handler.sse_delay`` /
+``chunked``, ``CaptureLog(keep_raw=True)``), the CLI environment and the isolation.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -67,6 +74,7 @@ SECRET_HEADERS = frozenset(
 )
 SECRET_QUERY = frozenset({"key", "api_key", "access_token"})
 REPLY_TEXT = "hi"
+SSE = "text/event-stream"
 IN_NETNS_FLAG = "--_in-netns"
 
 
@@ -121,6 +129,12 @@ def sse(events: list[tuple[str | None, Any]]) -> bytes:
         head = f"event: {event}\n" if event else ""
         chunks.append(f"{head}data: {text}\n\n")
     return "".join(chunks).encode()
+
+
+def split_sse(payload: bytes) -> list[bytes]:
+    """The events of an SSE body, each with its blank-line terminator."""
+    parts = payload.split(b"\n\n")
+    return [p + b"\n\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
 
 
 def anthropic_message(model: str) -> dict[str, Any]:
@@ -375,11 +389,17 @@ def models_list() -> dict[str, Any]:
 
 
 class CaptureLog:
-    """Thread-safe list of captured requests, rewritten to disk after each one."""
+    """Thread-safe list of captured requests, rewritten to disk after each one.
 
-    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+    With ``keep_raw`` each entry also keeps, in memory only, under ``"raw"``: the unredacted
+    headers and body, the reply (``ctype``, ``payload``, ``response_headers``), the
+    ``writes`` made (time, bytes) and ``closed_early`` (set when the client hung up first).
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any], keep_raw: bool = False) -> None:
         self.path = path
         self.meta = meta
+        self.keep_raw = keep_raw
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
@@ -396,29 +416,46 @@ class CaptureLog:
 
     def _write_locked(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**self.meta, "requests": self.requests}, indent=2) + "\n")
+        requests = [{k: v for k, v in r.items() if k != "raw"} for r in self.requests]
+        tmp.write_text(json.dumps({**self.meta, "requests": requests}, indent=2) + "\n")
         tmp.replace(self.path)
+
+
+def read_chunked(rfile: io.BufferedIOBase) -> bytes:
+    """The body of a ``Transfer-Encoding: chunked`` message, trailers skipped."""
+    parts: list[bytes] = []
+    while True:
+        size = int(rfile.readline().split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            while rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass
+            return b"".join(parts)
+        parts.append(rfile.read(size))
+        rfile.readline()
+
+
+def client_gone(conn: socket.socket, timeout: float) -> bool:
+    """Wait up to *timeout*; True as soon as the peer closed (or reset) the connection."""
+    try:
+        readable, _, _ = select.select([conn], [], [], timeout)
+        return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "capture/1"
     log: CaptureLog  # set on the subclass made by make_server()
+    sse_delay = 0.0  # seconds between SSE events; the stream stops if the client hangs up
+    chunked = False  # SSE answers with Transfer-Encoding: chunked, one event per chunk
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet; the JSON is the log
         return
 
     def _read_body(self) -> bytes:
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(parts)
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
+            return read_chunked(self.rfile)
         length = int(self.headers.get("content-length") or 0)
         return self.rfile.read(length) if length else b""
 
@@ -433,25 +470,54 @@ class Handler(BaseHTTPRequestHandler):
         except (ValueError, UnicodeDecodeError):
             doc = {}
         status, ctype, payload = route(self.command, url.path, url.query, doc, body)
-        self.log.add(
-            {
-                "t": round(time.time(), 3),
-                "method": self.command,
-                "path": url.path,
-                "query": redact_query(url.query),
-                "headers": [[k, redact_header(k, v)] for k, v in raw_headers],
-                "auth_kind": auth_kind(raw_headers),
-                "body": body_summary(body),
-                "response_status": status,
-            }
-        )
-        self.send_response(status)
-        self.send_header("content-type", ctype)
-        self.send_header("content-length", str(len(payload)))
-        self.send_header("request-id", "req_capture01")
+        raw: dict[str, Any] = {"headers": raw_headers, "body": body, "ctype": ctype,
+                               "payload": payload, "writes": [], "closed_early": None}
+        entry = {
+            "t": round(time.time(), 3),
+            "method": self.command,
+            "path": url.path,
+            "query": redact_query(url.query),
+            "headers": [[k, redact_header(k, v)] for k, v in raw_headers],
+            "auth_kind": auth_kind(raw_headers),
+            "body": body_summary(body),
+            "response_status": status,
+        }
+        if self.log.keep_raw:
+            entry["raw"] = raw
+        self.log.add(entry)
+        self._reply(status, ctype, payload, raw)
+
+    def _reply(self, status: int, ctype: str, payload: bytes, raw: dict[str, Any]) -> None:
+        stream = ctype == SSE and (self.sse_delay > 0 or self.chunked)
+        chunked = stream and self.chunked
+        framing = ("transfer-encoding", "chunked") if chunked else (
+            "content-length", str(len(payload)))
+        raw["response_headers"] = headers = [
+            ("Server", self.version_string()), ("Date", self.date_time_string()),
+            ("content-type", ctype), framing, ("request-id", "req_capture01")]
+        self.send_response_only(status)
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
+        if self.command == "HEAD":
+            return
+        for i, piece in enumerate(split_sse(payload) if stream else [payload]):
+            gone = i > 0 and self.sse_delay > 0 and client_gone(self.connection, self.sse_delay)
+            if not gone:
+                try:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                    self.wfile.flush()
+                except OSError:
+                    gone = True
+            if gone:
+                sent = sum(len(p) for _, p in raw["writes"])
+                raw["closed_early"] = {"t": time.time(), "events_written": i, "bytes": sent}
+                self.close_connection = True
+                return
+            raw["writes"].append((time.time(), piece))
+        if chunked:
+            with contextlib.suppress(OSError):
+                self.wfile.write(b"0\r\n\r\n")
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
@@ -517,15 +583,40 @@ def bring_up_loopback() -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 
 
-def maybe_isolate(argv: list[str], isolate: bool) -> None:
-    """Re-exec this script in a private network namespace (loopback only)."""
+def maybe_isolate(argv: list[str], isolate: bool, script: str = __file__) -> None:
+    """Re-exec *script* (default: this one) with *argv* plus IN_NETNS_FLAG in a private
+    network namespace (loopback only); its ``main`` then calls bring_up_loopback()."""
     if not isolate or IN_NETNS_FLAG in argv:
         return
     if shutil.which("unshare") is None:
-        sys.exit("--isolate needs unshare(1)")
-    args = ["unshare", "-rn", "--", sys.executable, os.path.abspath(__file__), *argv]
+        sys.exit("isolation needs unshare(1)")
+    args = ["unshare", "-rn", "--", sys.executable, os.path.abspath(script), *argv]
     args.append(IN_NETNS_FLAG)
     os.execvp("unshare", args)
+
+
+def base_env(home: Path, path: str | None = None) -> dict[str, str]:
+    """The small fixed environment a CLI runs with: its own HOME and XDG dirs, no colour."""
+    return {
+        "PATH": path or os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local/share"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_STATE_HOME": str(home / ".local/state"),
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "CI": "1",
+        "NO_COLOR": "1",
+    }
+
+
+def write_files(home: Path, files: Iterable[tuple[str, str]], port: int) -> None:
+    """Write (relative path, text) pairs under *home*, @BASE@/@PORT@ substituted."""
+    for rel, text in files:
+        dest = home / substitute(rel, port)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(substitute(text, port))
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
@@ -559,23 +650,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
     home = Path(ns.home) if ns.home else Path(tempfile.mkdtemp(prefix="capture-home-"))
     home.mkdir(parents=True, exist_ok=True)
-    for spec in ns.write:
-        rel, _, text = spec.partition("=")
-        dest = home / substitute(rel, port)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(substitute(text, port))
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_DATA_HOME": str(home / ".local/share"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "XDG_STATE_HOME": str(home / ".local/state"),
-        "LANG": "C.UTF-8",
-        "TERM": "dumb",
-        "CI": "1",
-        "NO_COLOR": "1",
-    }
+    write_files(home, [(rel, text) for rel, _, text in (w.partition("=") for w in ns.write)], port)
+    env = base_env(home)
     for spec in ns.env:
         key, _, value = spec.partition("=")
         env[key] = substitute(value, port)
@@ -609,7 +685,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _end_group(proc: subprocess.Popen[bytes]) -> None:
+def end_group(proc: subprocess.Popen[bytes]) -> None:
     """End the CLI's own process group (it was started in a new session), nothing else."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -638,7 +714,7 @@ def run_piped(
         stdout, stderr = proc.communicate(timeout=timeout)
         return proc.returncode, False, stdout, stderr
     except subprocess.TimeoutExpired:
-        _end_group(proc)
+        end_group(proc)
         stdout, stderr = proc.communicate()
         return proc.returncode, True, stdout, stderr
 
@@ -697,7 +773,7 @@ def run_in_pty(
         time.sleep(0.5)
     timed_out = proc.poll() is None
     if timed_out:
-        _end_group(proc)
+        end_group(proc)
     proc.wait()
     os.close(master)
     reader.join(timeout=2)
