@@ -112,7 +112,8 @@ def run_until_stopped(server: Any, app: ProxyApp, db: Database) -> int:
             request_stop(server)
 
     previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
+    install = not app.services.settings.disable_shutdown_handlers
+    if install and threading.current_thread() is threading.main_thread():
         # Python's default SIGTERM kills the process without unwinding (no row
         # finalization, no WAL checkpoint): turn it into an orderly stop.
         for sig in (signal.SIGTERM, signal.SIGINT):
