@@ -259,6 +259,9 @@ FIELDS: tuple[Field, ...] = (
           "At startup, pending rows older than this are marked aborted (a crash left them).",
           STORAGE),
 
+    Field("PRICING_URL", "https://models.dev/api.json", http_url,
+          "Where prices are fetched (models.dev's JSON shape); point it at a mirror on hosts "
+          "without internet access.", PRICING),
     Field("PRICING_CACHE_PATH", _state_path("pricing-cache.json"), text,
           "Cached models.dev prices, so costs work offline after one fetch.", PRICING),
     Field("PRICING_CACHE_TTL_MS", 3_600_000, milliseconds,
@@ -358,6 +361,7 @@ class Settings:
     agent_cli_proxy_data_dir: str
     db_path: str
     stale_pending_max_age_ms: int
+    pricing_url: str
     pricing_cache_path: str
     pricing_cache_ttl_ms: int
     pricing_refresh_interval_ms: int
