@@ -7,6 +7,7 @@ import sys
 import click
 
 from agent_cli_proxy import __version__
+from agent_cli_proxy.cli import backfill
 from agent_cli_proxy.config import ConfigError, Settings, load_settings
 
 # EX_CONFIG from sysexits.h: a service manager can tell "fix the configuration" apart
@@ -65,6 +66,9 @@ def serve(env_file: str | None) -> None:
         click.echo(f"agent-cli-proxy: cannot start: {exc}", err=True)
         sys.exit(1)
     sys.exit(code)
+
+
+cli.add_command(backfill.command())
 
 
 def main() -> None:

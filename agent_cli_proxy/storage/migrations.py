@@ -123,6 +123,10 @@ def _request_logs_columns(conn: sqlite3.Connection) -> None:
                                   "proxy_api_key_id IS NOT NULL"))
 
 
+def _cost_audit_detail(conn: sqlite3.Connection) -> None:
+    schema.add_missing_columns(conn, "cost_audit", schema.COST_AUDIT_PY_COLUMNS)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("py-0001-baseline", _baseline,
               "Every table, column and index of the original (snapshot 001-007 and newer "
@@ -132,6 +136,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("py-0003-request-logs-columns", _request_logs_columns,
               "requested_model, session_id, identify_rule, cache_creation_1h_tokens, "
               "upstream_status, upstream_latency_ms; index on proxy_api_key_id."),
+    Migration("py-0004-cost-audit-detail", _cost_audit_detail,
+              "cost_audit.rule, price_key, detail_json: how each audited cost was found."),
 )
 
 

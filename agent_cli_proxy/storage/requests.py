@@ -29,6 +29,20 @@ log = get_logger("storage")
 FINAL_LIFECYCLES = frozenset({"completed", "error", "aborted"})
 FINAL_COST_STATUSES = frozenset(COST_STATUSES) - {"unresolved"}
 
+# cost_audit.source for each cost status, when the caller names none: "pricing" and
+# "unsupported_model" are the original's words; it also wrote "pricing" when no price was
+# found, which made an unpriced row's audit look priced, so that case has its own word.
+AUDIT_SOURCES: dict[str, str] = {
+    "ok": "pricing",
+    "pending": "pricing_unavailable",
+    "unsupported": "unsupported_model",
+}
+
+
+def audit_source(cost_status: str) -> str:
+    """The cost_audit ``source`` recorded for a row whose cost status is *cost_status*."""
+    return AUDIT_SOURCES.get(cost_status, cost_status)
+
 
 def iso_utc(epoch_seconds: float) -> str:
     """``2026-11-21T18:59:31.701Z`` for a Unix time (what JavaScript's toISOString gives)."""
@@ -115,7 +129,14 @@ class Finalization:
     cost_usd: float = 0.0
     cost_status: str = "pending"
     cost_source: str | None = None
-    """Recorded in the cost_audit row (``pricing``, ``guard``, ``unsupported_model``)."""
+    """Recorded in the cost_audit row (``pricing``, ``guard``, ``unsupported_model``);
+    None records :func:`audit_source` of ``cost_status``."""
+    cost_rule: str | None = None
+    """How the price was found (the cost module's rule), for cost_audit."""
+    cost_price_key: str | None = None
+    """The price table key that priced the call, for cost_audit."""
+    cost_detail_json: str | None = None
+    """JSON of the numbers that reproduce the cost, for cost_audit."""
     upstream_status: int | None = None
     """Status the upstream sent, when the client got a different one."""
     upstream_latency_ms: int | None = None
@@ -198,9 +219,11 @@ def finalize(db: Database, row_id: int, fin: Finalization) -> bool:
         # always writes an audit row.
         conn.execute(
             "INSERT INTO cost_audit (request_log_id, model, provider, source, base_cost_usd,"
-            " calc_at) SELECT id, model, provider, ?, cost_usd, ? FROM request_logs"
-            " WHERE id = ?",
-            (fin.cost_source, _sqlite_timestamp(fin.finished_at), row_id),
+            " calc_at, rule, price_key, detail_json) SELECT id, model, provider, ?,"
+            " cost_usd, ?, ?, ?, ? FROM request_logs WHERE id = ?",
+            (fin.cost_source or audit_source(fin.cost_status),
+             _sqlite_timestamp(fin.finished_at), fin.cost_rule, fin.cost_price_key,
+             fin.cost_detail_json, row_id),
         )
     return True
 

@@ -149,6 +149,15 @@ COST_AUDIT = Table("cost_audit", (
     ("calc_at", "TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP"),
 ))
 
+# Added by py-0004: what reproduces an audited cost (the rule that found the price, the
+# price table key, and the numbers of the computation as JSON). Nullable, so rows the
+# original wrote, and the original itself, keep working.
+COST_AUDIT_PY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("rule", "TEXT"),
+    ("price_key", "TEXT"),
+    ("detail_json", "TEXT"),
+)
+
 API_KEYS = Table("api_keys", (
     ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"),
     ("key_hash", "TEXT NOT NULL UNIQUE"),
