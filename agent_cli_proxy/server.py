@@ -86,6 +86,7 @@ def serve(settings: Settings) -> int:
     recover_stale_pending(db, settings.stale_pending_max_age_ms, now_ms)
     app = create_app(settings, db)
     server = make_server(app, settings)
+    app.start_background()
     for warning in settings.warnings:
         _log.warning("config.warning", message=warning)
     port = int(server.effective_port)  # waitress reports it as text

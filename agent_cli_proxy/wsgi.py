@@ -1,7 +1,9 @@
 """The composition root: ``create_app`` builds every collaborator once and wires them.
 
 Nothing in the package is a module-level singleton; tests build as many apps as they like,
-each with its own database file, upstream pool and clock.
+each with its own database file, upstream pool, price service and clock. The background
+loops (pricing refresh, cost backfill) are registered here and started by the server
+(``ProxyApp.start_background``).
 """
 
 from __future__ import annotations
@@ -12,19 +14,31 @@ from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.upstream.client import UpstreamClient
 from agent_cli_proxy.web.app import ProxyApp
 from agent_cli_proxy.web.disconnects import DisconnectWatcher
-from agent_cli_proxy.web.proxy import ProxyServices
+from agent_cli_proxy.web.services import ProxyServices
+from agent_cli_proxy.workers.backfill import CostBackfill
+from agent_cli_proxy.workers.pricing import PricingService
+from agent_cli_proxy.workers.supervisor import Supervisor
 
 
 def create_app(settings: Settings, db: Database, *, clock: Clock = SYSTEM_CLOCK,
                disconnect_poll_s: float = 0.25) -> ProxyApp:
     """Build the WSGI app over an open, migrated database. The caller owns ``db``."""
-    # One pooled connection per worker thread is the most that can be in use at once.
-    client = UpstreamClient(maxsize=settings.proxy_threads)
+    pricing = PricingService(settings, clock=clock)
+    pricing.load()  # cache file or built-in table: fast, no network
+    supervisor = Supervisor(clock=clock)
+    backfill = CostBackfill(db, settings, lambda: pricing.table, clock=clock)
+    # New prices price the rows that were waiting for them, without waiting for the loop.
+    pricing.on_update.append(backfill.on_prices_updated)
+    pricing.register(supervisor)
+    backfill.register(supervisor)
     services = ProxyServices(
         settings=settings,
         db=db,
-        client=client,
+        # One pooled connection per worker thread is the most that can be in use at once.
+        client=UpstreamClient(maxsize=settings.proxy_threads),
         watcher=DisconnectWatcher(interval=disconnect_poll_s),
         clock=clock,
+        pricing=pricing,
+        loops=supervisor,
     )
     return ProxyApp(services)

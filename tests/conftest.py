@@ -68,9 +68,14 @@ class RunningProxy:
         self.db.close()
 
 
-def start_proxy(settings: Settings) -> RunningProxy:
+def start_proxy(settings: Settings, *, background: bool = False) -> RunningProxy:
+    """The real app on waitress, port 0; *background* also starts the loops (price
+    refresh, cost backfill), as ``serve`` does. Without them prices are the built-in
+    table (there is no cache file yet)."""
     db = open_database(settings.db_path)
     app = create_app(settings, db, disconnect_poll_s=0.02)
+    if background:
+        app.start_background()
     server = make_server(app, settings, host="127.0.0.1", port=0)
     thread = threading.Thread(target=server.run, name="waitress-loop", daemon=True)
     thread.start()
@@ -93,6 +98,8 @@ def make_settings(tmp_path: Path, upstream: FakeUpstream) -> Callable[..., Setti
             "cli_proxy_api_key": "upstream-secret",
             "db_path": str(tmp_path / "proxy.db"),
             "pricing_cache_path": str(tmp_path / "pricing-cache.json"),
+            # Never models.dev from a test: the fake upstream serves the shared snapshot.
+            "pricing_url": upstream.url + "/api.json",
             "proxy_threads": 16,
         }
         values.update(overrides)

@@ -17,9 +17,12 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from tests import wire
+
+MODELS_DEV_SNAPSHOT = Path(__file__).resolve().parents[2] / "shared/data/models-dev-api.json"
 
 
 @dataclass
@@ -53,7 +56,7 @@ class Script:
 class FakeUpstream:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
-        self.sent: list[bytes] = []
+        self.sent: list[bytearray] = []
         self.scripts: deque[Script] = deque()
         self.client_gone = threading.Event()  # the proxy closed a paused connection
         self.lock = threading.Lock()
@@ -104,6 +107,9 @@ def default_response(rec: Recorded) -> Script:
         canned = wire.gemini_stream()
     elif ":generateContent" in path:
         canned = wire.gemini_json()
+    elif path == "/api.json" and MODELS_DEV_SNAPSHOT.exists():
+        # models.dev, for PRICING_URL: tests never reach the real one.
+        return Script(pieces=[MODELS_DEV_SNAPSHOT.read_bytes()], framing="length")
     elif path == "/v1/models":
         return Script(pieces=[b'{"object":"list","data":[{"id":"gpt-5","object":"model"}]}'],
                       framing="length")
@@ -141,7 +147,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
     def _respond(self, script: Script) -> None:
+        # Recorded before each write, so whatever a client has received is already here.
         sent = bytearray()
+        with self.upstream.lock:
+            self.upstream.sent.append(sent)
         self.send_response(script.status)
         self.send_header("Content-Type", script.content_type)
         for name, value in script.headers:
@@ -163,16 +172,13 @@ class _Handler(BaseHTTPRequestHandler):
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
                     return
-                self._write(piece, script.framing)
                 sent += piece
+                self._write(piece, script.framing)
             if script.framing == "chunked":
                 self.wfile.write(b"0\r\n\r\n")
         except OSError:
             self.upstream.client_gone.set()
             self.close_connection = True
-        finally:
-            with self.upstream.lock:
-                self.upstream.sent.append(bytes(sent))
 
     def _write(self, piece: bytes, framing: str) -> None:
         if framing == "chunked":

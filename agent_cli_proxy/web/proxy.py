@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import http
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from agent_cli_proxy.clock import Clock
-from agent_cli_proxy.config import Settings
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.providers.forwarding import (
     client_response_headers,
@@ -25,29 +22,19 @@ from agent_cli_proxy.providers.forwarding import (
 )
 from agent_cli_proxy.providers.openai_chat import UsageChunkFilter, inject_include_usage
 from agent_cli_proxy.providers.routes import Family, LLMCall, classify
-from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.upstream.capture import UsageCapture
-from agent_cli_proxy.upstream.client import SendHandle, Timeouts, UpstreamClient, UpstreamError
+from agent_cli_proxy.upstream.client import SendHandle, Timeouts, UpstreamError
 from agent_cli_proxy.upstream.relay import Relay, RelayResult, Transform
 from agent_cli_proxy.usage.identify import identify
-from agent_cli_proxy.web.disconnects import DisconnectWatcher
 from agent_cli_proxy.web.errors import json_error
 from agent_cli_proxy.web.recorder import CallRecorder
+from agent_cli_proxy.web.services import ProxyServices
 
 _log = get_logger("proxy")
 WSGIApp = Any  # the werkzeug Response or a RelayedResponse, both WSGI applications
 _ERROR_STATUS = {"timeout": 504, "connect": 502, "protocol": 502}
 _ERROR_CODE = {"timeout": "upstream_timeout", "connect": "upstream_unavailable",
                "protocol": "bad_gateway"}
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyServices:
-    settings: Settings
-    db: Database
-    client: UpstreamClient
-    watcher: DisconnectWatcher
-    clock: Clock
 
 
 class RelayedResponse:
@@ -239,7 +226,8 @@ def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
                      path: str) -> CallRecorder:
     """Identify the caller and write the pending row (before the upstream is asked)."""
     headers = request.headers
-    recorder = CallRecorder(services.db, services.clock, call, path)
+    recorder = CallRecorder(services.db, services.clock, lambda: services.pricing.table,
+                            call, path)
     identity = identify(headers, api_key=_api_key(request),
                         client_name_mapping=services.settings.client_name_mapping)
     msg_id = next((headers[h] for h in ("x-msg-id", "x-message-id", "x-request-id")

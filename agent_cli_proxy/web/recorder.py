@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from collections.abc import Callable
 
 from agent_cli_proxy.clock import Clock
 from agent_cli_proxy.log import get_logger
@@ -25,8 +26,10 @@ from agent_cli_proxy.storage.requests import (
 )
 from agent_cli_proxy.upstream.capture import UsageCapture
 from agent_cli_proxy.upstream.relay import RelayResult
+from agent_cli_proxy.usage.cost import CostResult, compute_cost
 from agent_cli_proxy.usage.identify import Identity
 from agent_cli_proxy.usage.model import Usage
+from agent_cli_proxy.usage.pricing import PriceTable
 
 _log = get_logger("lifecycle")
 ERROR_SAMPLE_CHARS = 300
@@ -36,9 +39,11 @@ ERROR_SAMPLE_CHARS = 300
 class CallRecorder:
     """Owns the request_logs row of one LLM call."""
 
-    def __init__(self, db: Database, clock: Clock, call: LLMCall, path: str) -> None:
+    def __init__(self, db: Database, clock: Clock, prices: Callable[[], PriceTable],
+                 call: LLMCall, path: str) -> None:
         self._db = db
         self._clock = clock
+        self._prices = prices
         self.call = call
         self.path = path
         self.request_id = str(uuid.uuid4())
@@ -122,6 +127,14 @@ class CallRecorder:
                        model=capture.model, upstream_status=status,
                        streamed=capture.is_event_stream)
 
+    def _price(self, model: str | None, usage: Usage) -> CostResult:
+        try:
+            return compute_cost(self._prices(), model, self.call.provider, usage)
+        except Exception:
+            # Never lose the row over a price: it stays "pending" for the backfill.
+            _log.exception("cost.compute_failed", request_id=self.request_id, model=model)
+            return CostResult(0.0, "pending", None, None, {"error": "pricing failed"})
+
     def _finalize(self, lifecycle: str, status: int, code: str | None, message: str | None, *,
                   usage: Usage, model: str | None, upstream_status: int | None,
                   streamed: bool | None) -> None:
@@ -131,6 +144,7 @@ class CallRecorder:
             self._done = True
         if self.row_id is None:
             return
+        cost = self._price(model or self.call.requested_model, usage)
         fin = Finalization(
             lifecycle_status=lifecycle,
             status=status,
@@ -144,6 +158,11 @@ class CallRecorder:
             error_message=message,
             upstream_status=upstream_status if upstream_status != status else None,
             upstream_latency_ms=self._upstream_latency_ms,
+            cost_usd=cost.cost_usd,
+            cost_status=cost.status,
+            cost_rule=cost.rule,
+            cost_price_key=cost.price_key,
+            cost_detail_json=json.dumps(cost.detail, separators=(",", ":"), default=str),
         )
         try:
             updated = finalize(self._db, self.row_id, fin)
@@ -155,4 +174,4 @@ class CallRecorder:
         _log.info(event, request_id=self.request_id, row_id=self.row_id, updated=updated,
                   lifecycle_status=lifecycle, status=status, path=self.path,
                   model=model or self.call.requested_model, total_tokens=usage.total_tokens,
-                  latency_ms=fin.latency_ms)
+                  cost_usd=cost.cost_usd, cost_status=cost.status, latency_ms=fin.latency_ms)

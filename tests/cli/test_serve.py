@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import urllib.request
@@ -50,9 +52,12 @@ def test_missing_env_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_serves_until_sigterm_then_stops_cleanly(tmp_path: Path, upstream: FakeUpstream) -> None:
+    """Also the offline start: no price cache and no network, yet calls are priced from the
+    built-in table and /ready says "warn", not "fail"."""
     port = _free_port()
     env_file = tmp_path / "proxy.env"
-    env_file.write_text(f"CLI_PROXY_API_URL={upstream.url}\nPROXY_PORT={port}\n")
+    env_file.write_text(f"CLI_PROXY_API_URL={upstream.url}\nPROXY_PORT={port}\n"
+                        f"PRICING_URL=http://127.0.0.1:{_free_port()}/api.json\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent_cli_proxy", "serve", "--env-file", str(env_file)],
         env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -69,6 +74,13 @@ def test_serves_until_sigterm_then_stops_cleanly(tmp_path: Path, upstream: FakeU
             headers={"Content-Type": "application/json", "User-Agent": "curl/8.5.0"})
         with urllib.request.urlopen(request, timeout=10) as resp:
             assert resp.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=10) as resp:
+            ready = json.load(resp)
+        assert resp.status == 200
+        assert ready["checks"]["pricing"]["status"] == "warn"
+        assert ready["checks"]["pricing"]["source"] == "builtin"
+        assert set(ready["checks"]["supervisor"]["loops"]) == {"cost-backfill",
+                                                               "pricing-refresh"}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -81,3 +93,7 @@ def test_serves_until_sigterm_then_stops_cleanly(tmp_path: Path, upstream: FakeU
     assert db.exists()
     wal = db.with_name("proxy.db-wal")
     assert not wal.exists() or wal.stat().st_size == 0  # checkpointed on the way out
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        cost_status, cost = conn.execute("SELECT cost_status, cost_usd FROM request_logs"
+                                         ).fetchone()
+    assert cost_status == "ok" and cost > 0  # gpt-5, priced from the built-in table

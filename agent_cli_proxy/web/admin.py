@@ -1,0 +1,64 @@
+"""The admin API: read-only views of recorded data and of the proxy's own state.
+
+Only callers on this machine may use it, decided by the socket address of the connection
+(never by a header a client could set, and never by the configured listen address).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from werkzeug.wrappers import Request, Response
+
+from agent_cli_proxy.storage.costs import cost_audit_for
+from agent_cli_proxy.storage.requests import get_request
+from agent_cli_proxy.usage.pricing import PriceEntry, Rates
+from agent_cli_proxy.web.errors import json_error, json_response
+from agent_cli_proxy.web.services import ProxyServices
+
+
+def is_local(request: Request) -> bool:
+    try:
+        return ipaddress.ip_address(request.remote_addr or "").is_loopback
+    except ValueError:
+        return False
+
+
+def forbidden() -> Response:
+    return json_error(403, "LOCAL_ONLY", "the admin API answers only on this machine")
+
+
+def _rates(rates: Rates) -> dict[str, float | None]:
+    return {"input": rates.input, "output": rates.output, "cache_read": rates.cache_read,
+            "cache_write": rates.cache_write, "cache_write_1h": rates.cache_write_1h,
+            "reasoning": rates.reasoning}
+
+
+def _entry(entry: PriceEntry) -> dict[str, object]:
+    return {"key": entry.key, "provider": entry.provider, "model": entry.model,
+            "source": entry.source, "rates": _rates(entry.rates),
+            "tiers": [{"min_input_tokens": t.min_input_tokens, "rates": _rates(t.rates)}
+                      for t in entry.tiers]}
+
+
+def pricing(services: ProxyServices, request: Request) -> Response:
+    """``GET /admin/pricing?model=&provider=``: which price a model gets, and why."""
+    model = request.args.get("model", "").strip()
+    provider = request.args.get("provider", "").strip() or None
+    body: dict[str, object] = {"pricing": services.pricing.status()}
+    if model:
+        match = services.pricing.table.match(model, provider)
+        body.update({
+            "model": model,
+            "provider": provider,
+            "match": None if match is None else {
+                "rule": match.rule, "lookup": match.lookup, **_entry(match.entry)},
+        })
+    return json_response(body)
+
+
+def cost_audit(services: ProxyServices, request: Request, row_id: int) -> Response:
+    """``GET /admin/logs/<id>/cost-audit``: every cost computed for one call, oldest first."""
+    if get_request(services.db, row_id) is None:
+        return json_error(404, "not_found", f"no request log with id {row_id}")
+    return json_response({"id": row_id, "audits": cost_audit_for(services.db, row_id)})

@@ -1,0 +1,64 @@
+"""``GET /ready``: can this proxy do its job right now?
+
+Each check answers ``pass``, ``warn`` or ``fail``; the overall status is the worst, and
+only ``fail`` turns the HTTP status into 503 (take the instance out of rotation). Stale or
+built-in prices are a ``warn``: calls still flow and are still priced, just from older
+numbers, which is no reason to stop serving traffic. The upstream probe arrives with the
+upstream resilience work.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+from agent_cli_proxy.web.errors import json_response
+from agent_cli_proxy.web.services import ProxyServices
+
+_RANK = {"pass": 0, "warn": 1, "fail": 2}
+
+
+def _database(services: ProxyServices) -> dict[str, Any]:
+    started = time.monotonic()
+    ok = services.db.ping()
+    elapsed = round((time.monotonic() - started) * 1000, 1)
+    if ok:
+        return {"status": "pass", "responseTime": elapsed}
+    return {"status": "fail", "responseTime": elapsed, "output": "database did not answer"}
+
+
+def _pricing(services: ProxyServices) -> dict[str, Any]:
+    status = services.pricing.status()
+    check: dict[str, Any] = {"status": "pass", "source": status.get("source"),
+                             "entries": status.get("entries")}
+    age_s = status.get("age_s")
+    if age_s is not None:
+        check["ageMs"] = round(age_s * 1000)
+    if services.pricing.degraded:
+        check["status"] = "warn"
+        if status.get("source") == "builtin":
+            check["output"] = "using the built-in price table: no models.dev data fetched yet"
+        else:
+            limit = services.settings.ready_pricing_max_age_ms
+            check["output"] = f"prices are older than {limit} ms"
+        if status.get("last_error"):
+            check["lastError"] = status["last_error"]
+    return check
+
+
+def _supervisor(services: ProxyServices) -> dict[str, Any]:
+    loops = sorted(services.loops.names())
+    if not loops:
+        return {"status": "warn", "loops": [], "output": "no background loops are running"}
+    return {"status": "pass", "loops": loops}
+
+
+def handle(services: ProxyServices, request: Request) -> Response:
+    checks = {"database": _database(services), "pricing": _pricing(services),
+              "supervisor": _supervisor(services)}
+    overall = max((c["status"] for c in checks.values()), key=_RANK.__getitem__)
+    return json_response({"status": overall, "checks": checks},
+                         status=503 if overall == "fail" else 200,
+                         headers={"Cache-Control": "no-store"})

@@ -1,0 +1,50 @@
+"""What the HTTP layer is given by the composition root, described by what it needs.
+
+The web package does not import ``workers/`` (DESIGN.md import rules); the pricing
+service and the loop supervisor are passed in and seen through these small protocols.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agent_cli_proxy.clock import Clock
+from agent_cli_proxy.config import Settings
+from agent_cli_proxy.storage.database import Database
+from agent_cli_proxy.upstream.client import UpstreamClient
+from agent_cli_proxy.usage.pricing import PriceTable
+from agent_cli_proxy.web.disconnects import DisconnectWatcher
+
+
+class PriceSource(Protocol):
+    """The live price table and how fresh it is."""
+
+    @property
+    def table(self) -> PriceTable: ...
+
+    @property
+    def degraded(self) -> bool: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class Background(Protocol):
+    """The supervised background loops (pricing refresh, cost backfill, …)."""
+
+    def names(self) -> list[str]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float = ...) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyServices:
+    settings: Settings
+    db: Database
+    client: UpstreamClient
+    watcher: DisconnectWatcher
+    clock: Clock
+    pricing: PriceSource
+    loops: Background
