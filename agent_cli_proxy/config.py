@@ -269,7 +269,7 @@ FIELDS: tuple[Field, ...] = (
     Field("PRICING_REFRESH_INTERVAL_MS", 21_600_000, milliseconds,
           "Interval of the background price refresh (6 h).", PRICING),
     Field("READY_PRICING_MAX_AGE_MS", 86_400_000, milliseconds,
-          "/ready fails when the price cache is older than this (24 h).", PRICING),
+          "/ready reports prices older than this as degraded (24 h).", PRICING),
     Field("PRICING_OVERRIDES_JSON", MappingProxyType({}), pricing_overrides,
           "JSON {model: {input, output, cache_read?, cache_write?, reasoning?}} in USD per "
           "million tokens, used instead of models.dev for those models.", PRICING),
