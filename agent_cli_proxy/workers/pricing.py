@@ -215,6 +215,13 @@ class PricingService:
             if len(base) == 0:
                 raise PriceFetchError(
                     f"{display_url(self.config.url)} returned no priced models")
+            known = len(self._current.table) if self.source != "builtin" else 0
+            if len(base) < known // 2:
+                # A truncated or broken document must not replace a good table (and the
+                # cache file) and leave most models without a price.
+                raise PriceFetchError(
+                    f"{display_url(self.config.url)} returned only {len(base)} priced "
+                    f"models where {known} were known; keeping the current prices")
         except Exception as exc:  # anything at all: the current table must survive it
             reason = str(exc) if isinstance(exc, PriceFetchError) else (
                 f"{type(exc).__name__}: {exc}")

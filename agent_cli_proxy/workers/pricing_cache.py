@@ -6,9 +6,9 @@ Format written (version 1)::
 
 The raw models.dev document is kept, not a derived table, so that better matching in
 ``usage.pricing`` applies to cached data too. The original program's file
-(``{"fetchedAt": <epoch ms>, "data": [[key, price], …]}``) is read as well by rebuilding a
-models.dev-shaped document from its ``provider/model`` keys; the next successful refresh
-rewrites it in this format. Anything else is :class:`CacheInvalid`, never a crash.
+(``{"fetchedAt": <epoch ms>, "data": [[key, price], …]}``) is recognised but not trusted
+(see :func:`_from_original`); the next successful refresh rewrites it in this format.
+Anything unusable is :class:`CacheInvalid`, never a crash.
 """
 
 from __future__ import annotations
@@ -76,27 +76,12 @@ def _timestamp(value: object, name: str, per_second: float) -> float:
 
 
 def _from_original(document: Mapping[str, Any]) -> tuple[dict[str, Any], float]:
-    """Rebuild a models.dev-shaped document from the original's flat ``[key, price]`` list.
-
-    Its ``provider/model`` keys carry everything: the bare and normalised keys are copies
-    that ``usage.pricing`` derives again from the rebuilt document.
-    """
-    fetched_at = _timestamp(document.get("fetchedAt"), "fetchedAt", 1000.0)
-    pairs = document.get("data")
-    if not isinstance(pairs, list):
-        raise CacheInvalid('original format: "data" is not a list')
-    providers: dict[str, dict[str, Any]] = {}
-    for item in pairs:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
-                and isinstance(item[1], dict)):
-            continue
-        provider, _, model = item[0].partition("/")
-        if provider and model:
-            models = providers.setdefault(provider, {"id": provider, "models": {}})["models"]
-            models[model] = {"id": model, "cost": item[1]}
-    if not providers:
-        raise CacheInvalid("original format: no provider/model prices")
-    return providers, fetched_at
+    """The TypeScript original's cache is not used: its flat ``[key, price]`` list stores
+    resellers' ids (``openai/o3`` from OpenRouter) beside vendors' and lets the last
+    writer win, so rebuilding vendor prices from it would price calls from the wrong
+    provider. The next fetch replaces it; until then the built-in table applies."""
+    raise CacheInvalid("written by the TypeScript original (its flat price list mixes "
+                       "resellers' prices under vendor names); ignored until the next fetch")
 
 
 def write_cache(path: str, document: Mapping[str, Any]) -> None:

@@ -255,19 +255,39 @@ def test_an_unreadable_cache_is_ignored(make: Callable[..., PricingService], cac
     assert [e for e, _, _ in events if e == "pricing.cache_invalid"]
 
 
-def test_the_originals_cache_format_is_read(make: Callable[..., PricingService],
-                                            cache: Path) -> None:
+def test_the_originals_cache_format_is_not_trusted(make: Callable[..., PricingService],
+                                                   cache: Path, events: Events) -> None:
+    # Its flat list puts resellers' ids (openai/o3 from OpenRouter) beside vendors' with
+    # the last writer winning: rebuilding vendor prices from it would misprice calls.
     price = {"input": 3, "output": 15, "cache_read": 0.3}
     original = {"fetchedAt": int(T0 * 1000) - 5000, "data": [
         ["claude-test-9", price], ["anthropic/claude-test-9", price],
         ["openrouter/anthropic/claude-test-9", price], ["Claude Test 9", price]]}
     cache.parent.mkdir(parents=True)
     cache.write_text(json.dumps(original))
-    service = make()
+    service = make(url=closed_port_url())
     service.load()
-    assert service.source == "cache" and live(service)
-    assert service.status()["fetched_at"] == T0 - 5
-    assert service.table.get("openrouter", "anthropic/claude-test-9") is not None
+    assert service.source == "builtin"
+    (reason,) = [f["reason"] for e, _, f in events if e == "pricing.cache_invalid"]
+    assert "TypeScript original" in reason
+
+
+def test_a_much_smaller_document_does_not_replace_good_prices(
+        cache: Path, clock: Clock) -> None:
+    def doc(count: int) -> dict[str, Any]:
+        models = {f"claude-test-{i}": {"id": f"claude-test-{i}",
+                                       "cost": {"input": 1, "output": 2}} for i in range(count)}
+        return {"anthropic": {"id": "anthropic", "models": models}}
+
+    documents = [doc(40), doc(1)]
+    config = PricingConfig(url="http://127.0.0.1:9/api.json", cache_path=str(cache),
+                           ttl_s=HOUR, refresh_interval_s=6 * HOUR, max_age_s=24 * HOUR)
+    service = PricingService(config, clock=clock, fetch=lambda: (documents.pop(0), T0))
+    assert service.refresh(force=True)
+    known = len(service.table)
+    assert not service.refresh(force=True)  # one model where 40 were known: refused
+    assert len(service.table) == known
+    assert "keeping the current prices" in service.status()["last_error"]
 
 
 def test_cache_write_is_atomic(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
