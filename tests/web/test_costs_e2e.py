@@ -123,3 +123,23 @@ def test_rows_waiting_for_a_price_are_priced_when_prices_arrive(
     assert status == 200  # overall "warn": this test runs without the background loops
     assert body["checks"]["pricing"]["status"] == "pass"
     assert body["checks"]["pricing"]["source"] == "models.dev"
+
+
+@pytest.mark.parametrize("headers", [{"X-Forwarded-For": "203.0.113.5"},
+                                     {"X-Forwarded-For": "127.0.0.1, 198.51.100.7"},
+                                     {"Forwarded": 'for="[2001:db8::1]:4711"'}])
+def test_admin_refuses_requests_forwarded_by_a_local_reverse_proxy(
+        proxy: RunningProxy, headers: dict[str, str]) -> None:
+    status, body = get(proxy, "/admin/pricing", headers)
+    assert status == 403
+    assert body["error"]["code"] == "LOCAL_ONLY"
+
+
+def test_admin_accepts_local_callers_even_behind_a_local_proxy(proxy: RunningProxy) -> None:
+    status, _ = get(proxy, "/admin/pricing", {"X-Forwarded-For": "127.0.0.1"})
+    assert status == 200
+
+
+def test_cost_audit_of_an_id_beyond_sqlite_integers_is_404(proxy: RunningProxy) -> None:
+    status, body = get(proxy, "/admin/logs/99999999999999999999/cost-audit")
+    assert status == 404
