@@ -142,4 +142,4 @@ def test_admin_accepts_local_callers_even_behind_a_local_proxy(proxy: RunningPro
 
 def test_cost_audit_of_an_id_beyond_sqlite_integers_is_404(proxy: RunningProxy) -> None:
     status, body = get(proxy, "/admin/logs/99999999999999999999/cost-audit")
-    assert status == 404
+    assert (status, body["error"]["code"]) == (404, "not_found")
