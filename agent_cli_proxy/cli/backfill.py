@@ -29,19 +29,22 @@ def command() -> click.Command:
 
     @click.command("backfill-costs")
     @ENV_FILE_OPTION
-    @click.option("--all", "recompute_all", is_flag=True,
-                  help="Ignore COST_BACKFILL_LOOKBACK_MS and recompute rows already priced "
-                  "too (prices changed). A row whose price is no longer known keeps its cost.")
+    @click.option("--all", "all_rows", is_flag=True,
+                  help="Ignore COST_BACKFILL_LOOKBACK_MS: look at the whole history.")
+    @click.option("--recompute", is_flag=True,
+                  help="Re-price rows already priced too (prices changed). A row whose "
+                  "price is no longer known keeps its cost. Refused on built-in prices.")
     @click.option("--dry-run", is_flag=True,
                   help="Report what would change; write nothing.")
-    def backfill_costs(env_file: str | None, recompute_all: bool, dry_run: bool) -> None:
+    def backfill_costs(env_file: str | None, all_rows: bool, recompute: bool,
+                       dry_run: bool) -> None:
         """Price recorded calls whose cost is still pending, from the cached prices."""
-        run(env_file, recompute_all=recompute_all, dry_run=dry_run)
+        run(env_file, all_rows=all_rows, recompute=recompute, dry_run=dry_run)
 
     return backfill_costs
 
 
-def run(env_file: str | None, *, recompute_all: bool, dry_run: bool) -> None:
+def run(env_file: str | None, *, all_rows: bool, recompute: bool, dry_run: bool) -> None:
     """The command's body: settings, database, prices, backfill, summary."""
     from agent_cli_proxy import log
     from agent_cli_proxy.cli.main import load_or_exit
@@ -64,6 +67,12 @@ def run(env_file: str | None, *, recompute_all: bool, dry_run: bool) -> None:
     if pricing.source == "builtin":
         click.echo(f"agent-cli-proxy: no usable pricing cache at {settings.pricing_cache_path};"
                    " using the built-in prices", err=True)
+        if recompute and not dry_run:
+            # Re-pricing history from a small, dated table would replace good costs with
+            # older numbers; that needs fetched prices (run the server once).
+            click.echo("agent-cli-proxy: refusing --recompute on the built-in prices",
+                       err=True)
+            sys.exit(1)
 
     def price(model: str | None, api_provider: str | None, usage: Usage) -> CostResult:
         return compute_cost(table, model, api_provider, usage)
@@ -85,9 +94,9 @@ def run(env_file: str | None, *, recompute_all: bool, dry_run: bool) -> None:
     try:
         report = backfill_costs(
             db, price, now_ms=round(time.time() * 1000),
-            lookback_ms=None if recompute_all else settings.cost_backfill_lookback_ms,
+            lookback_ms=None if all_rows else settings.cost_backfill_lookback_ms,
             chunk_size=settings.cost_backfill_chunk_size, dry_run=dry_run,
-            recompute_all=recompute_all)
+            recompute_all=recompute)
     except DatabaseError as exc:
         click.echo(f"agent-cli-proxy: backfill failed on {settings.db_path}: {exc}", err=True)
         sys.exit(1)

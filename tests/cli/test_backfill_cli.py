@@ -119,8 +119,13 @@ def test_dry_run_then_backfill_then_all(tmp_path: Path, setup: tuple[Path, Path]
     assert summary(again) == (1, 0, 0, 1, 0, 0.0, 0.0, False)
 
     everything = backfill(tmp_path, "--all", env_file=env_file)
-    # The month-old call is priced too; the one already priced is unchanged.
-    assert summary(everything) == (3, 1, 2, 1, 0, 0.0075, 0.015, False)
+    # --all drops the look-back window: the month-old call is priced too; rows already
+    # priced are not looked at.
+    assert summary(everything) == (2, 1, 1, 1, 0, 0.0, 0.0075, False)
+
+    recomputed = backfill(tmp_path, "--all", "--recompute", env_file=env_file)
+    # Same prices: every row is re-priced, none changes.
+    assert summary(recomputed) == (3, 0, 2, 1, 0, 0.015, 0.015, False)
 
     db = open_database(db_path)
     try:
@@ -149,6 +154,19 @@ def test_without_a_cache_the_builtin_prices_are_used(tmp_path: Path,
                             "'mystery-model-1'").fetchone() == ("ok", 0.002)
     finally:
         conn.close()
+
+
+def test_recompute_is_refused_on_builtin_prices(tmp_path: Path,
+                                                setup: tuple[Path, Path]) -> None:
+    env_file, db_path = setup
+    (db_path.parent / "pricing.json").unlink()
+    before = table_dump(db_path)
+    refused = backfill(tmp_path, "--recompute", env_file=env_file)
+    assert refused.returncode == 1
+    assert "refusing --recompute on the built-in prices" in refused.stderr
+    assert table_dump(db_path) == before
+    dry = backfill(tmp_path, "--recompute", "--dry-run", env_file=env_file)
+    assert dry.returncode == 0, dry.stderr
 
 
 def test_bad_configuration_exits_78(tmp_path: Path, setup: tuple[Path, Path]) -> None:
