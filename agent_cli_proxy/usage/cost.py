@@ -17,6 +17,11 @@ Per bucket (prices per 1M tokens; ``a ?? b`` = ``a`` when listed, else ``b``)::
 
 Arithmetic is in :class:`decimal.Decimal` built from each float's ``repr`` (3.75 stays
 exactly 3.75), and the result is rounded to 12 decimal places.
+
+An unpriced call costs 0: ``unsupported`` when the name can never be priced (none, a
+placeholder such as ``unknown``, or longer than ``pricing.MAX_MODEL_NAME_LENGTH``, detail
+``rule: name-too-long`` with the name cut to that length), ``pending`` when the current
+table has no price for it (the backfill retries those).
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from typing import Literal
 
 from agent_cli_proxy.usage.model import Usage
 from agent_cli_proxy.usage.pricing import (
+    MAX_MODEL_NAME_LENGTH,
     PriceMatch,
     PriceTable,
     Rates,
     Tier,
+    name_too_long,
     normalise,
     vendor_providers,
 )
@@ -183,6 +190,14 @@ def compute_cost(table: PriceTable, model: str | None, api_provider: str | None,
     }
     if normalise(model) in UNSUPPORTED_MODELS:
         detail["reason"] = "no model name"
+        return CostResult(0.0, "unsupported", None, None, detail)
+    if model is not None and name_too_long(model):
+        # Unsupported, not pending: the length cap is a fixed rule, so no later price
+        # table can price this name and the backfill has nothing to retry. Only the
+        # first characters are kept: the detail is stored with every cost audit.
+        detail.update(model=model.strip()[:MAX_MODEL_NAME_LENGTH], model_truncated=True,
+                      model_length=len(model.strip()), rule="name-too-long",
+                      reason=f"model name longer than {MAX_MODEL_NAME_LENGTH} characters")
         return CostResult(0.0, "unsupported", None, None, detail)
     match = table.match(model, api_provider)
     if match is None:

@@ -6,12 +6,11 @@ which maps a model name as a client or CLIProxyAPI reported it to one entry.
 
 Matching is a short, ordered list of named rules; the first hit wins and the rule chain is
 returned so every cost can say how it was priced. Names are trimmed and lower-cased first.
+A name longer than :data:`MAX_MODEL_NAME_LENGTH` (200) characters after trimming matches
+nothing, at once: model names come from clients unchecked, and no real id is that long
+(``compute_cost`` reports it as ``unsupported`` with the reason; see ``cost.py``).
 
 1. ``override`` — the whole name is a PRICING_OVERRIDES_JSON key (the operator's word wins).
-   ``alias:<prefix>`` — the longest PRICING_ALIASES_JSON prefix the name starts with
-   rewrites it to the target, and matching starts again. At most one alias applies per
-   lookup: the original's own ``gpt-5.4-mini`` → ``gpt-5.4-mini`` next to ``gpt-5.4`` →
-   ``gpt-5.4`` must not chain into the wrong price, and cycles cannot loop.
 2. For ``a/b`` names: ``provider-qualified`` — ``b`` is a model of models.dev provider
    ``a``; ``openrouter`` — the whole name is an OpenRouter model id (OpenRouter-style
    ``anthropic/claude-sonnet-4.5``); else ``strip-prefix`` drops ``a/`` (a CLIProxyAPI
@@ -26,7 +25,22 @@ returned so every cost can say how it was priced. Names are trimmed and lower-ca
    ``strip-thinking`` (``-thinking`` / ``-thinking-<budget>`` variants), ``strip-latest``,
    ``strip-date`` (``-20250929`` / ``-2025-08-07``), ``dots-dashes`` (``4.5`` ↔ ``4-5``
    between digits), and ``add-date`` (a bare name models.dev lists only dated: the newest).
-5. Otherwise no match. There is no substring or "closest name" guessing: an unknown
+   At most :data:`MAX_REWRITES` (8) rewrite steps per lookup (a bound on the work a
+   client's name can cause; real names need two or three).
+   ``strip-thinking`` removes a numeric budget (``-thinking-32768``) only from Claude and
+   Gemini names (the budget suffix proxies publish for them), and never a four-digit
+   ``YYMM``-like number: ``qwen3-235b-a22b-thinking-2507`` is Qwen's July 2025 thinking
+   model, not ``qwen3-235b-a22b`` with a budget. Plain ``-thinking`` is stripped for any
+   vendor, as the same model with thinking on.
+5. ``alias:<prefix>`` — only when rules 1-4 found nothing: the longest PRICING_ALIASES_JSON
+   prefix the name starts with (checked on the whole name, then on each ``a/``-stripped
+   rest, recorded as ``strip-prefix``) rewrites it to the target, which is looked up with
+   rules 1-4. A name that has a price of its own is never re-priced by a prefix alias
+   (``kimi-k2`` → ``kimi-k2-0905-preview`` must leave the listed ``kimi-k2.6`` alone).
+   At most one alias applies per lookup: the original's own ``gpt-5.4-mini`` →
+   ``gpt-5.4-mini`` next to ``gpt-5.4`` → ``gpt-5.4`` must not chain into the wrong
+   price, and cycles cannot loop.
+6. Otherwise no match. There is no substring or "closest name" guessing: an unknown
    model stays unpriced (cost status pending) rather than borrowing another model's price.
 """
 
@@ -107,6 +121,13 @@ HINT_PROVIDERS: Mapping[str, str] = {
 }
 
 _PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning")
+# Other spellings some models.dev entries use for the cache prices (MiniMax: `cached_input`
+# / `cached_write`; SiliconFlow: `cache_input`; TogetherAI: `cached_input`). They are read
+# only when the standard key gives no price, in the order listed.
+_PRICE_SPELLINGS: Mapping[str, tuple[str, ...]] = {
+    "cache_read": ("cached_input", "cache_input"),
+    "cache_write": ("cached_write",),
+}
 _LEGACY_LONG_CONTEXT = 200_000
 # Rule 4's suffixes. Each names the same model at the same price per token:
 # CLIProxyAPI reads a thinking budget or level from `model(8192)` / `model(high)` and
@@ -117,15 +138,31 @@ _PAREN_SUFFIX = re.compile(r"\s*\([^()]*\)$")
 _EFFORT_SUFFIX = re.compile(r"-(?:minimal|low|medium|high|xhigh)$")
 # Proxies publish `claude-sonnet-4-5-thinking(-32768)` for "thinking on"; thinking tokens
 # are output tokens. A real `-thinking` id (kimi-k2-thinking) is found exactly first.
-_THINKING_SUFFIX = re.compile(r"-thinking(?:-\d+)?$")
+# The numeric budget form is Claude's and Gemini's only; other vendors put a version there
+# (`qwen3-235b-a22b-thinking-2507`), so a YYMM-like four-digit number is never a budget.
+_THINKING_SUFFIX = re.compile(r"-thinking$")
+_THINKING_BUDGET_SUFFIX = re.compile(r"-thinking-(\d+)$")
+_THINKING_BUDGET_VENDORS = frozenset({"anthropic", "google"})
+_YYMM = re.compile(r"[23]\d(?:0[1-9]|1[0-2])")
 # `-latest` and dated snapshot ids are aliases of the same model; models.dev lists some
 # models only undated and some only dated (the reverse is `add-date`).
 _LATEST_SUFFIX = re.compile(r"-latest$")
 _DATE_SUFFIX = re.compile(r"-(20\d\d)(-?)(\d\d)\2(\d\d)$")
 
+MAX_MODEL_NAME_LENGTH = 200
+"""Longer names (after trimming) match nothing: bounds the work one client name can cause."""
+MAX_REWRITES = 8
+"""Rule-4 rewrite steps (``strip-*``, ``dots-dashes``, ``add-date``) allowed per lookup."""
+_MAX_PREFIXES = 64  # `a/` levels; a backstop only, MAX_MODEL_NAME_LENGTH bounds it already
+
 
 def normalise(name: str | None) -> str:
     return (name or "").strip().lower()
+
+
+def name_too_long(name: str | None) -> bool:
+    """True when the trimmed name exceeds :data:`MAX_MODEL_NAME_LENGTH` (never priced)."""
+    return len((name or "").strip()) > MAX_MODEL_NAME_LENGTH
 
 
 def vendor_providers(model: str) -> tuple[str, ...]:
@@ -144,13 +181,27 @@ def _date_match(name: str) -> re.Match[str] | None:
     return None
 
 
-def _strip_one(name: str) -> tuple[str, str] | None:
-    """One suffix rewrite (rule name, shorter name), or None; precedence is outermost first."""
+def _thinking_budget(name: str) -> re.Match[str] | None:
+    """A ``-thinking-<budget>`` tail, unless the number looks like a ``YYMM`` version."""
+    found = _THINKING_BUDGET_SUFFIX.search(name)
+    if found and not (len(found[1]) == 4 and _YYMM.fullmatch(found[1])):
+        return found
+    return None
+
+
+def _strip_one(name: str, budgets: bool) -> tuple[str, str] | None:
+    """One suffix rewrite (rule name, shorter name), or None; precedence is outermost first.
+
+    ``budgets``: the name is a Claude/Gemini one, whose ``-thinking-<n>`` is a budget.
+    """
     for rule, pattern in (("strip-effort", _PAREN_SUFFIX), ("strip-effort", _EFFORT_SUFFIX),
                           ("strip-thinking", _THINKING_SUFFIX), ("strip-latest", _LATEST_SUFFIX)):
         found = pattern.search(name)
         if found and found.start() > 0:
             return rule, name[: found.start()]
+    budget = _thinking_budget(name) if budgets else None
+    if budget and budget.start() > 0:
+        return "strip-thinking", name[: budget.start()]
     dated = _date_match(name)
     if dated and dated.start() > 0:
         return "strip-date", name[: dated.start()]
@@ -164,16 +215,22 @@ def _swap_separators(name: str) -> str:
     return re.sub(r"(?<=\d)-(?=\d)", ".", name)
 
 
-def _candidates(name: str) -> Iterator[tuple[tuple[str, ...], str]]:
-    """(rewrite steps, candidate) pairs, most specific first, for rule 4."""
+def _candidates(name: str, budgets: bool) -> Iterator[tuple[tuple[str, ...], str]]:
+    """(rewrite steps, candidate) pairs, most specific first, for rule 4.
+
+    Never more than :data:`MAX_REWRITES` steps: each strip copies the name, so an
+    unbounded chain of suffixes would cost time quadratic in the name's length.
+    """
     steps: tuple[str, ...] = ()
     current = name
     while True:
         yield steps, current
+        if len(steps) >= MAX_REWRITES:
+            return
         swapped = _swap_separators(current)
         if swapped != current:
             yield (*steps, "dots-dashes"), swapped
-        stripped = _strip_one(current)
+        stripped = _strip_one(current, budgets)
         if stripped is None:
             return
         steps, current = (*steps, stripped[0]), stripped[1]
@@ -190,9 +247,19 @@ def _price(value: Any) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
+def _listed(cost: Mapping[str, Any], name: str) -> float | None:
+    """Field ``name`` of a cost block, under its standard key or another known spelling."""
+    value = _price(cost.get(name))
+    for spelling in _PRICE_SPELLINGS.get(name, ()):
+        if value is not None:
+            break
+        value = _price(cost.get(spelling))
+    return value
+
+
 def _rates(cost: Mapping[str, Any], base: Rates | None = None) -> Rates | None:
     """Rates from a models.dev-shaped cost block; tier blocks fall back to ``base`` per field."""
-    found = {name: _price(cost.get(name)) for name in _PRICE_FIELDS}
+    found = {name: _listed(cost, name) for name in _PRICE_FIELDS}
     if base is not None:
         found = {name: getattr(base, name) if found[name] is None else found[name]
                  for name in _PRICE_FIELDS}
@@ -244,6 +311,12 @@ def _newest_dated(models: Mapping[str, PriceEntry]) -> dict[str, str]:
             if base not in newest or stamp > newest[base][0]:
                 newest[base] = (stamp, model_id)
     return {base: model_id for base, (_, model_id) in newest.items()}
+
+
+def _split_prefix(name: str) -> tuple[str, str]:
+    """``a/b`` → (``a``, ``b``); also ``provider://model``."""
+    prefix, _, rest = name.partition("/")
+    return prefix.rstrip(":"), rest.lstrip("/")
 
 
 class PriceTable:
@@ -314,34 +387,49 @@ class PriceTable:
     def match(self, model: str | None, api_provider: str | None) -> PriceMatch | None:
         """Find the price for ``model``; ``api_provider`` is the API-family hint."""
         name = normalise(model)
-        steps: list[str] = []
-        aliased = False
-        # Each pass returns, applies the one alias, or removes a `prefix/`; the cap is a backstop.
-        for _ in range(64):
+        if not name or len(name) > MAX_MODEL_NAME_LENGTH:
+            return None  # before any rewriting: see MAX_MODEL_NAME_LENGTH
+        found = self._lookup(name, api_provider, [])
+        if found is not None or not self._aliases:
+            return found
+        return self._match_alias(name, api_provider)
+
+    def _lookup(self, name: str, api_provider: str | None,
+                steps: list[str]) -> PriceMatch | None:
+        """Rules 1-4 (no aliases): override, ``a/b`` forms, vendor or hint, rewrites."""
+        # Each pass returns or removes a `prefix/`; the cap is a backstop.
+        for _ in range(_MAX_PREFIXES):
             if not name:
                 return None
             if name in self._overrides:
                 return PriceMatch(self._overrides[name], "+".join([*steps, "override"]), name)
-            alias = None if aliased else next(
-                ((prefix, target) for prefix, target in self._aliases if name.startswith(prefix)),
-                None)
-            if alias is not None:
-                aliased = True
-                steps.append(f"alias:{alias[0]}")
-                name = alias[1]
-                continue
             if "/" not in name:
                 return self._match_bare(name, api_provider, steps)
-            prefix, _, rest = name.partition("/")
-            prefix, rest = prefix.rstrip(":"), rest.lstrip("/")  # also `provider://model`
+            prefix, rest = _split_prefix(name)
             found = self.get(prefix, rest)
             if found is not None:
                 return PriceMatch(found, "+".join([*steps, "provider-qualified"]), rest)
             found = self.get("openrouter", name)
             if found is not None:
                 return PriceMatch(found, "+".join([*steps, "openrouter"]), name)
-            steps.append("strip-prefix")
+            steps = [*steps, "strip-prefix"]
             name = rest
+        return None
+
+    def _match_alias(self, name: str, api_provider: str | None) -> PriceMatch | None:
+        """Rule 5: the one alias, on the whole name or after ``a/`` prefixes are stripped."""
+        steps: list[str] = []
+        for _ in range(_MAX_PREFIXES):
+            if not name:
+                return None
+            alias = next(((prefix, target) for prefix, target in self._aliases
+                          if name.startswith(prefix)), None)
+            if alias is not None:
+                return self._lookup(alias[1], api_provider, [*steps, f"alias:{alias[0]}"])
+            if "/" not in name:
+                return None
+            steps.append("strip-prefix")
+            name = _split_prefix(name)[1]
         return None
 
     def _match_bare(self, name: str, api_provider: str | None,
@@ -352,11 +440,14 @@ class PriceTable:
             if hint is None:
                 return None
             providers, scope = (hint,), "hint"
-        for rewrites, candidate in _candidates(name):
+        budgets = scope == "vendor" and _THINKING_BUDGET_VENDORS.issuperset(providers)
+        for rewrites, candidate in _candidates(name, budgets):
             for provider in providers:
                 found = self.get(provider, candidate)
                 if found is not None:
                     return PriceMatch(found, "+".join([*steps, scope, *rewrites]), candidate)
+            if len(rewrites) >= MAX_REWRITES:
+                continue  # no room for `add-date`
             for provider in providers:
                 dated = self._dated.get(provider, {}).get(candidate)
                 if dated is not None:

@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 
 from agent_cli_proxy.usage.cost import CostResult, compute_cost
 from agent_cli_proxy.usage.model import Usage
-from agent_cli_proxy.usage.pricing import PriceEntry, PriceMatch, PriceTable, Rates
+from agent_cli_proxy.usage.pricing import (
+    MAX_MODEL_NAME_LENGTH,
+    PriceEntry,
+    PriceMatch,
+    PriceTable,
+    Rates,
+)
 
 SNAPSHOT = Path(__file__).parents[2].parent / "shared/data/models-dev-api.json"
 
@@ -120,6 +126,19 @@ CASES = [
     # 8*2.5 + 2*1.25 + 4*10 + 1*10 = 20 + 2.5 + 40 + 10 = 72.5
     pytest.param("gpt-4o", "openai", _usage(8, 2, 0, 5, 1), 7.25e-05,
                  "openai/gpt-4o", id="spec-4.8-gpt-4o"),
+    # MiniMax-M2.1 spells its cache prices `cached_input` / `cached_write`:
+    # {0.3, 1.2, cached_input 0.03, cached_write 0.375}, not cache reads at full input:
+    # 1000*0.3 + 100000*0.03 + 10000*0.375 + 2000*1.2 = 300 + 3000 + 3750 + 2400 = 9450
+    # (read at input it would be 1000*0.3 + 100000*0.3 + 10000*0.3 + 2000*1.2 = 35700)
+    pytest.param("MiniMax-M2.1", None, _usage(1000, 100000, 10000, 2000), 0.00945,
+                 "minimax/MiniMax-M2.1", id="minimax-cached-input"),
+    # non-Anthropic 1h writes at `cached_write` too: 4000*0.375 = 1500
+    pytest.param("minimax/MiniMax-M2.1", "openai", _usage(0, 0, 4000, 0, 0, 4000), 0.0015,
+                 "minimax/MiniMax-M2.1", id="minimax-cached-write-1h"),
+    # SiliconFlow's `cache_input` {1.4, 4.4, cache_input 0.26, cache_write 0}:
+    # 1000*1.4 + 10000*0.26 + 500*0 + 100*4.4 = 1400 + 2600 + 0 + 440 = 4440
+    pytest.param("siliconflow/zai-org/GLM-5.1", None, _usage(1000, 10000, 500, 100), 0.00444,
+                 "siliconflow/zai-org/GLM-5.1", id="siliconflow-cache-input"),
     # all-zero usage: a priced call that cost nothing
     pytest.param("gpt-5", "openai", _usage(), 0.0, "openai/gpt-5", id="zero-usage"),
 ]
@@ -196,6 +215,63 @@ def test_unknown_is_pending_never_another_price(table: PriceTable, model: str) -
         0.0, "pending", None, None)
     assert result.detail["table_source"] == "models.dev"
     assert result.detail["fetched_at"] == 1_780_000_000.0
+
+
+def test_qwen_thinking_version_is_not_a_budget(table: PriceTable) -> None:
+    # `-2507` is Qwen3's version: Alibaba does not list the thinking-2507 model, so the bare
+    # name is unpriced, never qwen3-235b-a22b's {0.7, 2.8, reasoning 8.4}
+    result = compute_cost(table, "qwen3-235b-a22b-thinking-2507", "openai",
+                          _usage(1000, 0, 0, 1000))
+    assert (result.cost_usd, result.status, result.price_key) == (0.0, "pending", None)
+    # with the vendor prefix: OpenRouter's entry for that model {0.1495, 1.495}:
+    # 1000*0.1495 + 1000*1.495 = 149.5 + 1495 = 1644.5
+    result = compute_cost(table, "qwen/qwen3-235b-a22b-thinking-2507", None,
+                          _usage(1000, 0, 0, 1000))
+    assert (result.cost_usd, result.status, result.rule, result.price_key) == (
+        0.0016445, "ok", "openrouter", "openrouter/qwen/qwen3-235b-a22b-thinking-2507")
+    # ... and the bare name when the vendor lists it exactly
+    data = {"alibaba": {"models": {
+        "qwen3-235b-a22b": {"cost": {"input": 0.7, "output": 2.8}},
+        "qwen3-235b-a22b-thinking-2507": {"cost": {"input": 0.2, "output": 2.0}}}}}
+    listed = PriceTable.from_models_dev(data, fetched_at=None)
+    # 1000*0.2 + 1000*2 = 2200
+    result = compute_cost(listed, "qwen3-235b-a22b-thinking-2507", None,
+                          _usage(1000, 0, 0, 1000))
+    assert (result.cost_usd, result.rule, result.price_key) == (
+        0.0022, "vendor", "alibaba/qwen3-235b-a22b-thinking-2507")
+
+
+def test_alias_only_for_unpriced_names(table: PriceTable) -> None:
+    local = table.with_local({}, {"kimi-k2": "kimi-k2-0905-preview"})
+    # kimi-k2.6 keeps its own price {0.95, 4}: 1000*0.95 + 1000*4 = 950 + 4000 = 4950
+    own = table.get("moonshotai", "kimi-k2.6")
+    assert own is not None and (own.rates.input, own.rates.output) == (0.95, 4.0)
+    result = compute_cost(local, "kimi-k2.6", None, _usage(1000, 0, 0, 1000))
+    assert (result.cost_usd, result.rule, result.price_key) == (
+        0.00495, "vendor", "moonshotai/kimi-k2.6")
+    # an unlisted name is aliased to kimi-k2-0905-preview {0.6, 2.5}: 600 + 2500 = 3100
+    result = compute_cost(local, "kimi-k2-corp", None, _usage(1000, 0, 0, 1000))
+    assert (result.cost_usd, result.rule, result.price_key) == (
+        0.0031, "alias:kimi-k2+vendor", "moonshotai/kimi-k2-0905-preview")
+
+
+@pytest.mark.parametrize("padding", ["", "  \t"])
+def test_long_name_is_unsupported_at_once(table: PriceTable, padding: str) -> None:
+    # 100,000 characters of `-high` effort suffixes: rejected before any rewriting
+    model = padding + "gpt-5" + "-high" * 20_000 + "-x" * 2 + padding
+    result = compute_cost(table, model, "openai", _usage(100, 0, 0, 10))
+    assert len(model.strip()) == 100_009
+    assert (result.cost_usd, result.status, result.rule, result.price_key) == (
+        0.0, "unsupported", None, None)
+    assert result.detail["rule"] == "name-too-long"
+    assert result.detail["reason"] == f"model name longer than {MAX_MODEL_NAME_LENGTH} characters"
+    assert result.detail["model_length"] == 100_009
+    assert result.detail["model_truncated"] is True
+    assert result.detail["model"] == model.strip()[:MAX_MODEL_NAME_LENGTH]
+    # a name exactly at the cap is looked up as usual (and has no price: pending)
+    short = "gpt-5-" + "y" * (MAX_MODEL_NAME_LENGTH - 6)
+    assert compute_cost(table, short, "openai", _usage(1)).status == "pending"
+    assert compute_cost(table, short + "y", "openai", _usage(1)).status == "unsupported"
 
 
 def test_inconsistent_usage_is_clamped(table: PriceTable) -> None:

@@ -6,21 +6,25 @@ match anything (an unknown model stays unpriced rather than borrowing a neighbou
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from agent_cli_proxy.usage.builtin_prices import BUILTIN_MODELS_DEV
 from agent_cli_proxy.usage.pricing import (
+    MAX_MODEL_NAME_LENGTH,
+    MAX_REWRITES,
     PriceEntry,
     PriceTable,
     Rates,
     Tier,
+    name_too_long,
     vendor_providers,
 )
 
@@ -103,6 +107,16 @@ MATCHES = [
      "claude-sonnet-4-5"),
     ("claude-sonnet-4.5-thinking-32768", None, "vendor+strip-thinking+dots-dashes",
      "anthropic/claude-sonnet-4-5", "claude-sonnet-4-5"),
+    ("claude-opus-4-6-thinking-1024", None, "vendor+strip-thinking", "anthropic/claude-opus-4-6",
+     "claude-opus-4-6"),
+    ("gemini-2.5-flash-thinking-8192", None, "vendor+strip-thinking", "google/gemini-2.5-flash",
+     "gemini-2.5-flash"),
+    # plain `-thinking` is the same model with thinking on, for any vendor
+    ("qwen3-235b-a22b-thinking", None, "vendor+strip-thinking", "alibaba/qwen3-235b-a22b",
+     "qwen3-235b-a22b"),
+    # `-2507` is Qwen's version, not a budget: the thinking model's own OpenRouter entry
+    ("qwen/qwen3-235b-a22b-thinking-2507", None, "openrouter",
+     "openrouter/qwen/qwen3-235b-a22b-thinking-2507", "qwen/qwen3-235b-a22b-thinking-2507"),
     ("gpt-5-codex(high)", "openai", "vendor+strip-effort", "openai/gpt-5-codex", "gpt-5-codex"),
     ("gemini-2.5-pro(8192)", "gemini", "vendor+strip-effort", "google/gemini-2.5-pro",
      "gemini-2.5-pro"),
@@ -144,6 +158,18 @@ NO_MATCH = [
     ("", "openai"),
     (None, "openai"),
     ("deepseek-v3.2", "openai"),           # vendor known: the hint is not searched
+    # a number after `-thinking` is a budget only for Claude/Gemini, and never a YYMM:
+    ("qwen3-235b-a22b-thinking-2507", None),  # not alibaba/qwen3-235b-a22b (another model)
+    ("qwen3-235b-a22b-thinking-2507", "openai"),
+    ("qwen3-235b-a22b-thinking-8192", None),
+    ("kimi-k2-thinking-32768", None),
+    ("claude-sonnet-4-5-thinking-2507", "anthropic"),
+    ("gemini-2.5-flash-thinking-2601", "gemini"),
+    # more rewrite steps than MAX_REWRITES: never reaches `gpt-5`
+    ("gpt-5" + "-high" * (MAX_REWRITES + 1), "openai"),
+    # longer than MAX_MODEL_NAME_LENGTH: nothing, before any rewriting
+    ("gpt-5" + "-high" * 25_000, "openai"),
+    ("openai/gpt-5" + " " * 10 + "x" * MAX_MODEL_NAME_LENGTH, None),
 ]
 
 
@@ -195,6 +221,73 @@ def test_parse_real_snapshot(table: PriceTable, snapshot: dict[str, Any]) -> Non
     free = table.get("zai", "glm-4.5-flash")
     assert free is not None and free.rates == Rates(0.0, 0.0, cache_read=0.0, cache_write=0.0)
     assert table.get("openai", "gpt-image-1") is None  # `cost: null`
+
+
+# Every other spelling of a cache price the snapshot uses (`cached_input`, `cache_input`,
+# `cached_write`), one entry each; the standard `cache_read`/`cache_write` keep precedence.
+SPELLINGS = [
+    ("minimax", "MiniMax-M2.1", Rates(0.3, 1.2, cache_read=0.03, cache_write=0.375)),
+    ("minimax-cn", "MiniMax-M2.1", Rates(0.3, 1.2, cache_read=0.03, cache_write=0.375)),
+    ("siliconflow", "zai-org/GLM-5.1", Rates(1.4, 4.4, cache_read=0.26, cache_write=0.0)),
+    ("siliconflow", "moonshotai/Kimi-K2.5", Rates(0.45, 2.25, cache_read=0.07)),
+    ("togetherai", "Qwen/Qwen3.5-397B-A17B", Rates(0.6, 3.6, cache_read=0.35)),
+]
+
+
+@pytest.mark.parametrize(("provider", "model", "rates"), SPELLINGS)
+def test_cache_price_spellings(table: PriceTable, snapshot: dict[str, Any], provider: str,
+                               model: str, rates: Rates) -> None:
+    cost = snapshot[provider]["models"][model]["cost"]
+    assert not {"cache_read"} & set(cost)  # still spelled differently in the snapshot
+    entry = table.get(provider, model)
+    assert entry is not None and entry.rates == rates
+
+
+def test_cache_price_spellings_everywhere(snapshot: dict[str, Any], table: PriceTable) -> None:
+    """No cost block in the snapshot has a cache key this module does not read."""
+    known = {"cache_read", "cache_write", "cached_input", "cache_input", "cached_write"}
+    for provider, block in snapshot.items():
+        for model, body in block["models"].items():
+            cost = body.get("cost")
+            if not isinstance(cost, dict):
+                continue
+            blocks = [cost, *(t for t in cost.get("tiers", []) if isinstance(t, dict))]
+            for one in blocks:
+                assert {k for k in one if "cach" in k} <= known, (provider, model)
+            entry = table.get(provider, model)
+            if entry is not None and any(k in cost for k in ("cached_input", "cache_input")):
+                assert entry.rates.cache_read is not None, (provider, model)
+
+
+def test_cache_price_spellings_precedence_and_tiers() -> None:
+    tier = {"tier": {"type": "context", "size": 1000}, "input": 2, "output": 4,
+            "cached_input": 0.2, "cached_write": 2.5}
+    data = {"p": {"models": {
+        # the standard key wins over another spelling
+        "both": {"cost": {"input": 1, "output": 2, "cache_read": 0.1, "cached_input": 0.9,
+                          "cache_write": 1.25, "cached_write": 9}},
+        # `cached_input` before `cache_input`; a bad standard value falls through
+        "two": {"cost": {"input": 1, "output": 2, "cache_read": "x", "cached_input": 0.3,
+                         "cache_input": 0.4}},
+        "other": {"cost": {"input": 1, "output": 2, "cache_input": 0.4, "cached_write": -1}},
+        # inside tiers and the legacy block too, before the base price is inherited
+        "tiered": {"cost": {"input": 1, "output": 2, "cached_input": 0.1, "cached_write": 1.25,
+                            "tiers": [tier]}},
+        "legacy": {"cost": {"input": 1, "output": 2, "cache_read": 0.1,
+                            "context_over_200k": {"input": 2, "output": 4,
+                                                  "cache_input": 0.2}}},
+    }}}
+    table = PriceTable.from_models_dev(data, fetched_at=None)
+    both, two, other, tiered, legacy = (
+        table.get("p", name) for name in ("both", "two", "other", "tiered", "legacy"))
+    assert both is not None and both.rates == Rates(1.0, 2.0, cache_read=0.1, cache_write=1.25)
+    assert two is not None and two.rates == Rates(1.0, 2.0, cache_read=0.3)
+    assert other is not None and other.rates == Rates(1.0, 2.0, cache_read=0.4)
+    assert tiered is not None
+    assert tiered.rates == Rates(1.0, 2.0, cache_read=0.1, cache_write=1.25)
+    assert tiered.tiers == (Tier(1000, Rates(2.0, 4.0, cache_read=0.2, cache_write=2.5)),)
+    assert legacy is not None
+    assert legacy.tiers == (Tier(200_000, Rates(2.0, 4.0, cache_read=0.2)),)
 
 
 def test_tier_shapes() -> None:
@@ -319,13 +412,70 @@ def test_one_alias_per_lookup(table: PriceTable) -> None:
     # the original's own aliases: gpt-5.4-mini* → gpt-5.4-mini, gpt-5.4* → gpt-5.4; the
     # first target must not then be caught by the second prefix (and cycles cannot loop)
     local = table.with_local({}, {"gpt-5.4-mini": "gpt-5.4-mini", "gpt-5.4": "gpt-5.4",
-                                  "a": "b", "b": "a"})
-    found = local.match("gpt-5.4-mini-2026-03-17", "openai")
+                                  "a": "b", "b": "a", "corp-x": "corp-y", "corp-y": "gpt-5"})
+    found = local.match("gpt-5.4-mini-corp", "openai")
     assert found is not None
     assert (found.rule, found.entry.key) == ("alias:gpt-5.4-mini+vendor", "openai/gpt-5.4-mini")
     found = local.match("gpt-5.4-turbo", "openai")
     assert found is not None and found.entry.key == "openai/gpt-5.4"
     assert local.match("a", "openai") is None
+    assert local.match("corp-x1", None) is None  # corp-y is a target, not aliased again
+    # a dated name models.dev prices through its own rewrites is not aliased at all
+    found = local.match("gpt-5.4-mini-2026-03-17", "openai")
+    assert found is not None
+    assert (found.rule, found.entry.key) == ("vendor+strip-date", "openai/gpt-5.4-mini")
+
+
+def test_alias_never_reprices_a_listed_model(table: PriceTable) -> None:
+    # `kimi-k2` is a prefix of every Kimi K2 id; the alias is for names with no price
+    local = table.with_local({"kimi-k2-corp": {"input": 9.0, "output": 9.0}},
+                             {"kimi-k2": "kimi-k2-0905-preview",
+                              "kimi-for-coding": "kimi-k2-0905-preview"})
+    listed = [model for model in ("kimi-k2.6", "kimi-k2.5", "kimi-k2-thinking",
+                                  "kimi-k2-thinking-turbo", "kimi-k2-turbo-preview",
+                                  "kimi-k2-0711-preview", "kimi-k2.7-code")
+              if table.get("moonshotai", model) is not None]
+    assert len(listed) == 7
+    for model in listed:
+        found = local.match(model, None)
+        assert found is not None and (found.rule, found.entry.key) == (
+            "vendor", f"moonshotai/{model}"), model
+    # ... nor one found through a rewrite, a provider prefix or an OpenRouter id
+    for model, rule, key in [
+        ("kimi-k2-thinking(high)", "vendor+strip-effort", "moonshotai/kimi-k2-thinking"),
+        ("moonshotai/kimi-k2.6", "provider-qualified", "moonshotai/kimi-k2.6"),
+        ("team/kimi-k2.5", "strip-prefix+vendor", "moonshotai/kimi-k2.5"),
+        ("moonshotai/kimi-k2", "openrouter", "openrouter/moonshotai/kimi-k2"),
+    ]:
+        found = local.match(model, None)
+        assert found is not None and (found.rule, found.entry.key) == (rule, key), model
+    # an override still wins over everything
+    found = local.match("kimi-k2-corp", None)
+    assert found is not None and (found.rule, found.entry.key) == ("override",
+                                                                    "override/kimi-k2-corp")
+    # names with no price of their own are aliased
+    for model, rule in [("kimi-k2", "alias:kimi-k2+vendor"),
+                        ("kimi-k2-private-2026", "alias:kimi-k2+vendor"),
+                        ("kimi-for-coding", "alias:kimi-for-coding+vendor"),
+                        ("team/kimi-for-coding", "strip-prefix+alias:kimi-for-coding+vendor")]:
+        found = local.match(model, None)
+        assert found is not None and (found.rule, found.entry.key) == (
+            rule, "moonshotai/kimi-k2-0905-preview"), model
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_alias_prefix_of_listed_id_never_applies(table: PriceTable, snapshot: dict[str, Any],
+                                                 data: st.DataObject) -> None:
+    """Any prefix of any priced name, aliased: the name keeps its own price."""
+    provider = data.draw(st.sampled_from(["anthropic", "openai", "google", "moonshotai",
+                                          "zai", "alibaba", "deepseek", "mistral", "openrouter"]))
+    model = data.draw(st.sampled_from(sorted(snapshot[provider]["models"])))
+    plain = table.match(model, None)
+    assume(plain is not None)
+    prefix = model[: data.draw(st.integers(min_value=1, max_value=len(model)))]
+    local = table.with_local({}, {prefix: "gpt-5"})
+    assert local.match(model, None) == plain
 
 
 def test_with_local_merges_and_skips_invalid(table: PriceTable) -> None:
@@ -361,6 +511,71 @@ def test_builtin_numbers_match_the_snapshot(snapshot: dict[str, Any]) -> None:
             mine = body["cost"]
             assert {k: mine[k] for k in mine} == {k: real[k] for k in mine}, (provider, model)
             assert set(real) - set(mine) <= {"input_audio", "output_audio"}, (provider, model)
+
+
+# --- name length and rewrite caps ------------------------------------------------------
+
+REWRITE_STEPS = {"strip-effort", "strip-thinking", "strip-latest", "strip-date",
+                 "dots-dashes", "add-date"}
+
+
+def _rewrites(rule: str) -> int:
+    return sum(step in REWRITE_STEPS for step in rule.split("+"))
+
+
+def test_long_names_match_nothing(table: PriceTable) -> None:
+    exact = "x" * MAX_MODEL_NAME_LENGTH
+    local = table.with_local({exact: {"input": 1, "output": 1},
+                              exact + "y": {"input": 2, "output": 2}}, {"x": "gpt-5"})
+    # the cap is on the trimmed name: surrounding blanks do not count
+    found = local.match(f"  {exact.upper()}\t", None)
+    assert found is not None and found.rule == "override"
+    assert not name_too_long(f"  {exact}  ") and name_too_long(exact + "y")
+    # one more character: nothing, not even the operator's override or a prefix alias
+    assert local.match(exact + "y", None) is None
+    assert local.match("gpt-5" + "-high" * 20_000, "openai") is None
+    assert local.match("x" * 100_000, None) is None
+
+
+def test_rewrite_cap(table: PriceTable) -> None:
+    found = table.match("gpt-5" + "-high" * MAX_REWRITES, "openai")
+    assert found is not None and found.entry.key == "openai/gpt-5"
+    assert found.rule == "+".join(["vendor", *["strip-effort"] * MAX_REWRITES])
+    assert table.match("gpt-5" + "-high" * (MAX_REWRITES + 1), "openai") is None
+    # the cap counts `dots-dashes` and `add-date` too
+    found = table.match("claude-sonnet-4.5" + "-low" * (MAX_REWRITES - 1), None)
+    assert found is not None and _rewrites(found.rule) == MAX_REWRITES
+    assert table.match("claude-sonnet-4.5" + "-low" * MAX_REWRITES, None) is None
+    found = table.match("claude-3-7-sonnet" + "-low" * (MAX_REWRITES - 1), None)
+    assert found is not None and found.rule.endswith("+add-date")
+    assert table.match("claude-3-7-sonnet" + "-low" * MAX_REWRITES, None) is None
+
+
+SUFFIXES = ["-high", "-low", "-minimal", "(high)", "(8192)", " (low)", "-latest", "-thinking",
+            "-thinking-32768", "-20250929", "-2025-08-07"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(base=st.sampled_from(["gpt-5", "claude-sonnet-4-5", "claude-sonnet-4.5", "gemini-2.5-pro",
+                             "claude-3-7-sonnet", "glm-4.6", "team/gpt-5"]),
+       suffixes=st.lists(st.sampled_from(SUFFIXES), max_size=3 * MAX_REWRITES),
+       repeat=st.integers(min_value=1, max_value=8))
+def test_rewrite_steps_are_capped(table: PriceTable, base: str, suffixes: list[str],
+                                  repeat: int) -> None:
+    """Long repeated-suffix names: at most MAX_REWRITES rewrite steps in any rule chain."""
+    name = base + "".join(suffixes) * repeat
+    found = table.match(name, "openai")
+    if len(name) > MAX_MODEL_NAME_LENGTH:
+        assert found is None
+    if found is not None:
+        assert _rewrites(found.rule) <= MAX_REWRITES
+    # every suffix is its own strip, except that a Claude/Gemini `-thinking-<digits>`
+    # goes in one: more strips than the cap never reach the base
+    sequence = suffixes * repeat
+    strips = len(sequence) - sum(
+        pair == ("-thinking", "-20250929") for pair in itertools.pairwise(sequence))
+    if strips > MAX_REWRITES:
+        assert found is None
 
 
 # --- properties ------------------------------------------------------------------------
