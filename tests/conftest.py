@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -31,6 +33,37 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.005)
+
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def logged_events(component: str, shape: Callable[[logging.LogRecord], T]) -> Iterator[list[T]]:
+    """Collect the events one component logs (all levels), each as ``shape(record)``."""
+    seen: list[T] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(shape(record))
+
+    logger = logging.getLogger(f"agent_cli_proxy.{component}")
+    handler, level = Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def event_name(record: logging.LogRecord) -> str:
+    return str(getattr(record, "event", ""))
+
+
+def event_fields(record: logging.LogRecord) -> dict[str, Any]:
+    return dict(getattr(record, "fields", {}))
 
 
 @dataclass

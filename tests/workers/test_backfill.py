@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import calendar
-import logging
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from agent_cli_proxy.usage.model import Usage
 from agent_cli_proxy.usage.pricing import PriceTable
 from agent_cli_proxy.workers.backfill import LOOP_NAME, CostBackfill
 from agent_cli_proxy.workers.supervisor import Supervisor
+from tests.conftest import event_fields, event_name, logged_events
 
 NOW_S = float(calendar.timegm((2026, 11, 28, 12, 0, 0)))
 DAY_S = 86_400
@@ -83,19 +83,8 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 @pytest.fixture
 def events() -> Iterator[list[tuple[str, dict[str, Any]]]]:
-    seen: list[tuple[str, dict[str, Any]]] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append((getattr(record, "event", ""), dict(getattr(record, "fields", {}))))
-
-    logger = logging.getLogger("agent_cli_proxy.cost")
-    handler, level = Collect(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield seen
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    with logged_events("cost", lambda r: (event_name(r), event_fields(r))) as seen:
+        yield seen
 
 
 def finished(db: Database, model: str, *, age_s: float = 3600) -> int:

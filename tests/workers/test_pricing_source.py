@@ -25,6 +25,7 @@ from agent_cli_proxy.usage.pricing import PriceTable
 from agent_cli_proxy.workers.pricing import PricingConfig, PricingService
 from agent_cli_proxy.workers.pricing_cache import CacheInvalid, read_cache, write_cache
 from agent_cli_proxy.workers.supervisor import Supervisor
+from tests.conftest import event_fields, event_name, logged_events
 from tests.fake_upstream import FakeUpstream, Script
 
 SNAPSHOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "models-dev-api.json"
@@ -49,20 +50,8 @@ class Clock:
 
 @pytest.fixture
 def events() -> Iterator[Events]:
-    seen: Events = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append((getattr(record, "event", ""), record.levelno,
-                         dict(getattr(record, "fields", {}))))
-
-    logger = logging.getLogger("agent_cli_proxy.pricing")
-    handler, level = Collect(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield seen
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    with logged_events("pricing", lambda r: (event_name(r), r.levelno, event_fields(r))) as seen:
+        yield seen
 
 
 def closed_port_url() -> str:

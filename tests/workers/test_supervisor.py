@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from agent_cli_proxy.workers.supervisor import Supervisor, TickFailed, next_delay
+from tests.conftest import event_fields, event_name, logged_events
 
 
 class FakeTime:
@@ -47,20 +48,9 @@ class FakeTime:
 @pytest.fixture
 def events() -> Iterator[list[tuple[str, int, dict[str, Any], bool]]]:
     """Every event the supervisor logs: (event, level, fields, has traceback)."""
-    seen: list[tuple[str, int, dict[str, Any], bool]] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append((getattr(record, "event", ""), record.levelno,
-                         dict(getattr(record, "fields", {})), bool(record.exc_info)))
-
-    logger = logging.getLogger("agent_cli_proxy.supervisor")
-    handler, level = Collect(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield seen
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    with logged_events("supervisor", lambda r: (event_name(r), r.levelno, event_fields(r),
+                                                     bool(r.exc_info))) as seen:
+        yield seen
 
 
 def run(fn: Callable[[], object], waits: int, **options: Any) -> FakeTime:
