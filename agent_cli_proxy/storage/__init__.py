@@ -10,6 +10,20 @@ from sqlite3 import Error as DatabaseError
 from agent_cli_proxy.storage.daily_usage import daily_usage_mismatches, get_daily_usage
 from agent_cli_proxy.storage.database import Database, DatabaseClosedError, open_database
 from agent_cli_proxy.storage.migrations import applied_migrations, migrate, pending_migrations
+from agent_cli_proxy.storage.reports import (
+    account_usage_for_day,
+    account_usage_range,
+    accounts_summary,
+    latest_quota_snapshots,
+    list_logs,
+    normalize_log_row,
+    providers_for_day,
+    stats,
+    usage_for_day,
+    usage_range,
+    usage_summary,
+    usage_trend,
+)
 from agent_cli_proxy.storage.requests import (
     Finalization,
     PendingRow,
@@ -29,6 +43,9 @@ __all__ = [
     "Finalization",
     "MigrationError",
     "PendingRow",
+    "account_usage_for_day",
+    "account_usage_range",
+    "accounts_summary",
     "applied_migrations",
     "daily_usage_mismatches",
     "finalize",
@@ -36,9 +53,18 @@ __all__ = [
     "get_request",
     "insert_pending",
     "iso_utc",
+    "latest_quota_snapshots",
+    "list_logs",
     "list_requests",
     "migrate",
+    "normalize_log_row",
     "open_database",
     "pending_migrations",
+    "providers_for_day",
     "recover_stale_pending",
+    "stats",
+    "usage_for_day",
+    "usage_range",
+    "usage_summary",
+    "usage_trend",
 ]
