@@ -101,7 +101,8 @@ class RunningProxy:
         self.db.close()
 
 
-def start_proxy(settings: Settings, *, background: bool = False) -> RunningProxy:
+def start_proxy(settings: Settings, *, background: bool = False,
+                host: str = "127.0.0.1") -> RunningProxy:
     """The real app on waitress, port 0; *background* also starts the loops (price
     refresh, cost backfill), as ``serve`` does. Without them prices are the built-in
     table (there is no cache file yet)."""
@@ -109,7 +110,7 @@ def start_proxy(settings: Settings, *, background: bool = False) -> RunningProxy
     app = create_app(settings, db, disconnect_poll_s=0.02)
     if background:
         app.start_background()
-    server = make_server(app, settings, host="127.0.0.1", port=0)
+    server = make_server(app, settings, host=host, port=0)
     thread = threading.Thread(target=server.run, name="waitress-loop", daemon=True)
     thread.start()
     return RunningProxy(f"http://127.0.0.1:{server.effective_port}", settings, db, app,

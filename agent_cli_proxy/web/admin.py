@@ -6,60 +6,51 @@ Only callers on this machine may use it, decided by the socket address of the co
 
 from __future__ import annotations
 
-import ipaddress
+import hmac
 
 from werkzeug.wrappers import Request, Response
 
+from agent_cli_proxy.config import Settings
 from agent_cli_proxy.storage.costs import cost_audit_for
 from agent_cli_proxy.storage.requests import get_request
 from agent_cli_proxy.usage.pricing import PriceEntry, Rates
+from agent_cli_proxy.web.addresses import client_address, forwarded_for, is_loopback
+from agent_cli_proxy.web.admin_usage import MAX_ROW_ID
 from agent_cli_proxy.web.errors import json_error, json_response
 from agent_cli_proxy.web.services import ProxyServices
 
-_MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer
 
-
-def _loopback(text: str) -> bool:
-    try:
-        addr = ipaddress.ip_address(text.strip())
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped.is_loopback
-    return addr.is_loopback
-
-
-def _forwarded_for(request: Request) -> list[str]:
-    """Client addresses a proxy in front of us reported, from either header."""
-    found = [part for value in request.headers.getlist("X-Forwarded-For")
-             for part in value.split(",") if part.strip()]
-    for value in request.headers.getlist("Forwarded"):
-        for element in value.split(","):
-            for pair in element.split(";"):
-                name, _, node = pair.partition("=")
-                if name.strip().lower() == "for":
-                    found.append(_node_address(node))
-    return found
-
-
-def _node_address(node: str) -> str:
-    """The address in an RFC 7239 node: ``"[2001:db8::1]:4711"``, ``1.2.3.4:80``, …"""
-    node = node.strip().strip('"')
-    if node.startswith("["):
-        return node[1:node.find("]")] if "]" in node else node
-    return node.split(":")[0] if node.count(":") == 1 else node
-
-
-def is_local(request: Request) -> bool:
+def is_local(request: Request, trust_proxy_headers: bool = False) -> bool:
     """A connection from this machine that does not carry someone else's request.
 
-    A reverse proxy on this host makes every outside client look local, so any
-    forwarded-for address that is not loopback is refused, whatever TRUST_PROXY_HEADERS
-    says: a local caller can only lock itself out that way, never let anyone in.
+    A reverse proxy on this host makes every outside client look local. Trusted
+    (TRUST_PROXY_HEADERS), its X-Forwarded-For names the real client; untrusted, any
+    forwarded-for address that is not loopback is refused (a local caller can only lock
+    itself out that way, never let anyone in).
     """
-    if not _loopback(request.remote_addr or ""):
+    if not is_loopback(request.remote_addr or ""):
         return False
-    return all(_loopback(addr) for addr in _forwarded_for(request))
+    if trust_proxy_headers:
+        return is_loopback(client_address(request, True))
+    return all(is_loopback(addr) for addr in forwarded_for(request))
+
+
+def denial(request: Request, settings: Settings) -> Response | None:
+    """Why this request may not use the admin API (or ``/metrics``), or None."""
+    if not is_local(request, settings.trust_proxy_headers):
+        return forbidden()
+    key = settings.admin_api_key
+    if key:
+        token = request.headers.get("x-admin-token", "").strip()
+        if not token:
+            auth = request.headers.get("Authorization", "")
+            token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        # Constant time: the comparison must not tell how much of a guess was right.
+        if not hmac.compare_digest(token.encode(), key.encode()):
+            return json_error(401, "UNAUTHORIZED",
+                              "ADMIN_API_KEY is set: send it as x-admin-token or "
+                              "Authorization: Bearer")
+    return None
 
 
 def forbidden() -> Response:
@@ -97,6 +88,6 @@ def pricing(services: ProxyServices, request: Request) -> Response:
 
 def cost_audit(services: ProxyServices, request: Request, row_id: int) -> Response:
     """``GET /admin/logs/<id>/cost-audit``: every cost computed for one call, oldest first."""
-    if row_id > _MAX_ROW_ID or get_request(services.db, row_id) is None:
+    if row_id > MAX_ROW_ID or get_request(services.db, row_id) is None:
         return json_error(404, "not_found", f"no request log with id {row_id}")
     return json_response({"id": row_id, "audits": cost_audit_for(services.db, row_id)})

@@ -16,29 +16,61 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request
 
 from agent_cli_proxy.log import get_logger
-from agent_cli_proxy.web import admin, proxy, ready
+from agent_cli_proxy.web import admin, admin_usage, params, proxy, ready
 from agent_cli_proxy.web.errors import json_error, json_response
 from agent_cli_proxy.web.services import ProxyServices
 
 _log = get_logger("web")
 
-Handler = Callable[..., Any]
+Handler = Callable[..., Any]  # (services, request, **route arguments) -> WSGI response
+_READ = ["GET", "HEAD"]
+
+
+def _health(services: ProxyServices, request: Request) -> Any:
+    return json_response({"status": "ok"})
+
+
+def _proxy(services: ProxyServices, request: Request, rest: str = "") -> Any:
+    return proxy.handle(services, request)
+
+
+def _admin_unknown(services: ProxyServices, request: Request, rest: str) -> Any:
+    return json_error(404, "not_found", f"no admin route {request.path}")
+
+
+# Endpoint name -> (rule path, methods, handler). Admin endpoints (names starting with
+# "admin_") pass the admin access check first; the catch-all keeps unknown admin paths
+# behind it too.
+ROUTES: dict[str, tuple[str, list[str] | None, Handler]] = {
+    "health": ("/health", _READ, _health),
+    "ready": ("/ready", _READ, ready.handle),
+    "admin_usage_today": ("/admin/usage/today", _READ, admin_usage.usage_today),
+    "admin_usage_range": ("/admin/usage/range", _READ, admin_usage.usage_range),
+    "admin_usage_models": ("/admin/usage/models", _READ, admin_usage.usage_models),
+    "admin_usage_providers": ("/admin/usage/providers", _READ, admin_usage.usage_providers),
+    "admin_usage_accounts": ("/admin/usage/accounts", _READ, admin_usage.usage_accounts),
+    "admin_usage_accounts_range": ("/admin/usage/accounts/range", _READ,
+                                   admin_usage.usage_accounts_range),
+    "admin_usage_accounts_summary": ("/admin/usage/accounts/summary", _READ,
+                                     admin_usage.usage_accounts_summary),
+    "admin_usage_trend": ("/admin/usage/trend", _READ, admin_usage.usage_trend),
+    "admin_stats": ("/admin/stats", _READ, admin_usage.stats),
+    "admin_logs": ("/admin/logs", _READ, admin_usage.logs),
+    "admin_log": ("/admin/logs/<int:row_id>", _READ, admin_usage.log_by_id),
+    "admin_cost_audit": ("/admin/logs/<int:row_id>/cost-audit", _READ, admin.cost_audit),
+    "admin_quotas": ("/admin/quotas", _READ, admin_usage.quotas),
+    "admin_pricing": ("/admin/pricing", _READ, admin.pricing),
+    "admin_config": ("/admin/config", _READ, admin_usage.config),
+    "admin_unknown": ("/admin/<path:rest>", None, _admin_unknown),
+    # Claude Code probes "HEAD /" before its first call: let the upstream answer.
+    "proxy": ("/", None, _proxy),
+}
+_PROXY_PREFIXES = ("/v1/<path:rest>", "/v1beta/<path:rest>", "/v1alpha/<path:rest>",
+                   "/v1internal:<rest>", "/api/<path:rest>")
 
 URL_MAP = Map(
-    [
-        Rule("/health", endpoint="health", methods=["GET", "HEAD"]),
-        Rule("/ready", endpoint="ready", methods=["GET", "HEAD"]),
-        Rule("/admin/pricing", endpoint="admin_pricing", methods=["GET", "HEAD"]),
-        Rule("/admin/logs/<int:row_id>/cost-audit", endpoint="admin_cost_audit",
-             methods=["GET", "HEAD"]),
-        # Claude Code probes "HEAD /" before its first call: let the upstream answer.
-        Rule("/", endpoint="proxy"),
-        Rule("/v1/<path:rest>", endpoint="proxy"),
-        Rule("/v1beta/<path:rest>", endpoint="proxy"),
-        Rule("/v1alpha/<path:rest>", endpoint="proxy"),
-        Rule("/v1internal:<rest>", endpoint="proxy"),
-        Rule("/api/<path:rest>", endpoint="proxy"),
-    ],
+    [Rule(path, endpoint=name, methods=methods) for name, (path, methods, _) in ROUTES.items()]
+    + [Rule(path, endpoint="proxy") for path in _PROXY_PREFIXES],
     strict_slashes=False,
     merge_slashes=False,
 )
@@ -49,24 +81,18 @@ class ProxyApp:
 
     def __init__(self, services: ProxyServices) -> None:
         self.services = services
-        self.endpoints: dict[str, Handler] = {
-            "health": lambda request: json_response({"status": "ok"}),
-            "ready": lambda request: ready.handle(services, request),
-            "admin_pricing": lambda request: admin.pricing(services, request),
-            "admin_cost_audit": lambda request, row_id: admin.cost_audit(services, request,
-                                                                         row_id),
-            "proxy": lambda request, rest="": proxy.handle(services, request),
-        }
+        self.endpoints: dict[str, Handler] = {name: route[2] for name, route in ROUTES.items()}
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
         adapter = URL_MAP.bind_to_environ(environ)
         try:
             endpoint, args = adapter.match()
-            if endpoint.startswith("admin_") and not admin.is_local(request):
-                response = admin.forbidden()
-            else:
-                response = self.endpoints[endpoint](request, **args)
+            refused = (admin.denial(request, self.services.settings)
+                       if endpoint.startswith("admin_") else None)
+            response = refused or self.endpoints[endpoint](self.services, request, **args)
+        except params.BadParameter as exc:
+            response = json_error(400, "invalid_parameter", str(exc), parameter=exc.name)
         except NotFound:
             response = json_error(404, "not_found", f"no route for {request.path}")
         except MethodNotAllowed as exc:

@@ -26,6 +26,7 @@ from agent_cli_proxy.upstream.capture import UsageCapture
 from agent_cli_proxy.upstream.client import SendHandle, Timeouts, UpstreamError
 from agent_cli_proxy.upstream.relay import Relay, RelayResult, Transform
 from agent_cli_proxy.usage.identify import identify
+from agent_cli_proxy.web.addresses import client_address
 from agent_cli_proxy.web.errors import json_error
 from agent_cli_proxy.web.recorder import CallRecorder
 from agent_cli_proxy.web.services import ProxyServices
@@ -102,15 +103,6 @@ def _read_body(request: Request, limit: int) -> bytes | None:
         return None
     body = request.stream.read(limit + 1)
     return None if len(body) > limit else body
-
-
-def _client_ip(request: Request, trust_proxy_headers: bool) -> str | None:
-    if trust_proxy_headers:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        first = forwarded.split(",")[0].strip()
-        if first:
-            return first
-    return request.remote_addr
 
 
 def _api_key(request: Request) -> str | None:
@@ -233,7 +225,7 @@ def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
     msg_id = next((headers[h] for h in ("x-msg-id", "x-message-id", "x-request-id")
                    if headers.get(h)), None)
     recorder.start(identity, method=request.method, user_agent=headers.get("User-Agent"),
-                   source_ip=_client_ip(request, services.settings.trust_proxy_headers),
+                   source_ip=client_address(request, services.settings.trust_proxy_headers) or None,
                    msg_id=msg_id, originator=headers.get("originator"))
     return recorder
 
