@@ -110,6 +110,8 @@ def default_response(rec: Recorded) -> Script:
     elif path == "/api.json" and MODELS_DEV_SNAPSHOT.exists():
         # models.dev, for PRICING_URL: tests never reach the real one.
         return Script(pieces=[MODELS_DEV_SNAPSHOT.read_bytes()], framing="length")
+    elif path == "/healthz":  # CLIProxyAPI's liveness route (v6.9.10+)
+        return Script(pieces=[b'{"status":"ok"}'], framing="length")
     elif path == "/v1/models":
         return Script(pieces=[b'{"object":"list","data":[{"id":"gpt-5","object":"model"}]}'],
                       framing="length")

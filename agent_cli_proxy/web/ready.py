@@ -1,10 +1,10 @@
 """``GET /ready``: can this proxy do its job right now?
 
 Each check answers ``pass``, ``warn`` or ``fail``; the overall status is the worst, and
-only ``fail`` turns the HTTP status into 503 (take the instance out of rotation). Stale or
-built-in prices are a ``warn``: calls still flow and are still priced, just from older
-numbers, which is no reason to stop serving traffic. The upstream probe arrives with the
-upstream resilience work.
+only ``fail`` turns the HTTP status into 503 (take the instance out of rotation). The
+database and the upstream are critical; stale or built-in prices are a ``warn``: calls
+still flow and are still priced, just from older numbers, which is no reason to stop
+serving traffic. Answers are cached for a few seconds (``ready_cache``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
+from agent_cli_proxy.upstream.health import probe_upstream
 from agent_cli_proxy.web.errors import json_response
 from agent_cli_proxy.web.services import ProxyServices
 
@@ -48,6 +49,19 @@ def _pricing(services: ProxyServices) -> dict[str, Any]:
     return check
 
 
+UPSTREAM_TIMEOUT_S = 1.0
+
+
+def _upstream(services: ProxyServices) -> dict[str, Any]:
+    probe = probe_upstream(services.client, services.settings.cli_proxy_api_url,
+                           UPSTREAM_TIMEOUT_S)
+    check: dict[str, Any] = {"status": "pass" if probe.ok else "fail",
+                             "responseTime": probe.elapsed_ms, "output": probe.output}
+    if probe.status is not None:
+        check["httpStatus"] = probe.status
+    return check
+
+
 def _supervisor(services: ProxyServices) -> dict[str, Any]:
     loops = sorted(services.loops.names())
     if not loops:
@@ -55,10 +69,14 @@ def _supervisor(services: ProxyServices) -> dict[str, Any]:
     return {"status": "pass", "loops": loops}
 
 
-def handle(services: ProxyServices, request: Request) -> Response:
+def evaluate(services: ProxyServices) -> dict[str, Any]:
     checks = {"database": _database(services), "pricing": _pricing(services),
-              "supervisor": _supervisor(services)}
+              "upstream": _upstream(services), "supervisor": _supervisor(services)}
     overall = max((c["status"] for c in checks.values()), key=_RANK.__getitem__)
-    return json_response({"status": overall, "checks": checks},
-                         status=503 if overall == "fail" else 200,
+    return {"status": overall, "checks": checks}
+
+
+def handle(services: ProxyServices, request: Request) -> Response:
+    body = services.ready_cache.get(services.clock.monotonic(), lambda: evaluate(services))
+    return json_response(body, status=503 if body["status"] == "fail" else 200,
                          headers={"Cache-Control": "no-store"})

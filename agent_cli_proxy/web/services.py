@@ -6,7 +6,7 @@ service and the loop supervisor are passed in and seen through these small proto
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent_cli_proxy.clock import Clock
@@ -15,6 +15,7 @@ from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.upstream.client import UpstreamClient
 from agent_cli_proxy.usage.pricing import PriceTable
 from agent_cli_proxy.web.disconnects import DisconnectWatcher
+from agent_cli_proxy.web.ready_cache import ReadyCache
 
 
 class PriceSource(Protocol):
@@ -48,3 +49,4 @@ class ProxyServices:
     clock: Clock
     pricing: PriceSource
     loops: Background
+    ready_cache: ReadyCache = field(default_factory=ReadyCache)
