@@ -77,7 +77,7 @@ class UsageCapture:
             try:
                 data = self._decoder.decompress(data)
             except zlib.error:
-                _log.warning("capture.undecodable_body")
+                _log.warning("passthrough.undecodable_body")
                 self._readable = False
                 return
         self._consume(data)
@@ -92,7 +92,7 @@ class UsageCapture:
             if self._body_len > self._max_body:
                 self._overflow = True
                 self._body.clear()
-                _log.warning("capture.body_too_large_to_parse", limit=self._max_body)
+                _log.warning("passthrough.body_too_large_to_parse", limit=self._max_body)
             else:
                 self._body.append(data)
 

@@ -150,7 +150,7 @@ class Relay:
             try:
                 out = self._transform.feed(data) if self._transform is not None else data
             except Exception as exc:
-                _log.exception("relay.transform_failed")
+                _log.exception("passthrough.transform_failed")
                 self._error = UpstreamError("protocol", f"proxy transform failed: {exc!r}")
                 return b""
             if out:
@@ -162,7 +162,7 @@ class Relay:
             try:
                 self._tap.finish()
             except Exception:
-                _log.exception("relay.tap_failed")
+                _log.exception("passthrough.tap_failed")
                 self._tap = None
         return self._transform.finish() if self._transform is not None else b""
 
@@ -173,7 +173,7 @@ class Relay:
             self._tap.feed(data)
         except Exception:
             # Usage parsing must never break the byte stream the client is receiving.
-            _log.exception("relay.tap_failed")
+            _log.exception("passthrough.tap_failed")
             self._tap = None
 
     def __iter__(self) -> Relay:
@@ -238,18 +238,18 @@ class Relay:
             else:
                 self._response.close()
         except Exception:
-            _log.exception("relay.close_failed")
+            _log.exception("passthrough.close_failed")
         if outcome != "completed" and self._tap is not None:
             # Whatever usage arrived before the end still counts (aborted streams are billed).
             try:
                 self._tap.finish()
             except Exception:
-                _log.exception("relay.tap_failed")
+                _log.exception("passthrough.tap_failed")
         result = RelayResult(outcome, self._received, self._error, self._abort_reason)
         try:
             self._on_close(result)
         except Exception:
-            _log.exception("relay.on_close_failed")
+            _log.exception("passthrough.on_close_failed")
 
     @property
     def closed(self) -> bool:

@@ -136,7 +136,7 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
     except Exception as exc:
         # A defect must not leave the row pending or the upstream connection open; the
         # relay (if any) was closed by _forward.
-        _log.exception("proxy.internal_error", path=path)
+        _log.exception("passthrough.internal_error", path=path)
         if recorder is not None:
             recorder.fail(500, "internal_error", f"proxy error: {exc!r}")
         return json_error(500, "internal_error", "internal proxy error")
@@ -177,7 +177,7 @@ def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
         upstream.close()
         return _abandoned(recorder, pending.abort_reason)
     if recorder is not None:
-        recorder.headers_received()
+        recorder.headers_received(upstream.status)
 
     capture = UsageCapture(call.family if call else None,
                            content_type=upstream.headers.get("Content-Type"),
@@ -196,6 +196,8 @@ def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
         if client_gone is not None:
             services.watcher.watch(client_gone, relay)
         relay.prime()
+        if recorder is not None and streaming:
+            recorder.first_chunk()
         if streaming:
             # The long first-byte allowance covers queueing and thinking before a stream
             # starts; between chunks the ordinary read timeout applies.
@@ -237,8 +239,9 @@ def _error_response(exc: UpstreamError) -> Response:
 def _upstream_failed(exc: UpstreamError, recorder: CallRecorder | None,
                      call: LLMCall | None, upstream: str,
                      upstream_status: int | None = None) -> Response:
-    _log.warning("proxy.upstream_error", kind=exc.kind, error=exc.message, upstream=upstream,
-                 model=call.requested_model if call else None)
+    _log.warning("passthrough.upstream_error", kind=exc.kind, error=exc.message,
+                 upstream=upstream, model=call.requested_model if call else None,
+                 request_id=recorder.request_id if recorder else None)
     if recorder is not None:
         recorder.fail(_ERROR_STATUS[exc.kind], _ERROR_CODE[exc.kind], exc.message,
                       upstream_status=upstream_status)

@@ -84,8 +84,15 @@ class CallRecorder:
                    provider=row.provider, model=row.model, tool=row.tool,
                    client_id=row.client_id, path=self.path)
 
-    def headers_received(self) -> None:
+    def headers_received(self, status: int) -> None:
         self._upstream_latency_ms = self._elapsed_ms()
+        _log.debug("passthrough.upstream_headers", request_id=self.request_id, status=status,
+                   latency_ms=self._upstream_latency_ms)
+
+    def first_chunk(self) -> None:
+        """The first piece of a stream is ready for the client (time to first token)."""
+        _log.debug("passthrough.stream_first_chunk", request_id=self.request_id,
+                   latency_ms=self._elapsed_ms(), upstream_latency_ms=self._upstream_latency_ms)
 
     def _elapsed_ms(self) -> int:
         return max(0, round((self._clock.monotonic() - self._started) * 1000))
