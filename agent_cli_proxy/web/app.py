@@ -61,6 +61,7 @@ ROUTES: dict[str, tuple[str, list[str] | None, Handler]] = {
     "admin_quotas": ("/admin/quotas", _READ, admin_usage.quotas),
     "admin_pricing": ("/admin/pricing", _READ, admin.pricing),
     "admin_config": ("/admin/config", _READ, admin_usage.config),
+    "admin_providers": ("/admin/providers", _READ, admin.providers),
     "admin_unknown": ("/admin/<path:rest>", None, _admin_unknown),
     # Claude Code probes "HEAD /" before its first call: let the upstream answer.
     "proxy": ("/", None, _proxy),

@@ -125,6 +125,11 @@ def test_quotas_config_and_unknown_admin_paths(proxy: RunningProxy) -> None:
     assert status == 200
     assert body["config"]["CLI_PROXY_API_URL"] == proxy.settings.cli_proxy_api_url
     assert "upstream-secret" not in json.dumps(body)  # CLI_PROXY_API_KEY is redacted
+    status, body = get(proxy.url, "/admin/providers")
+    assert status == 200
+    (provider,) = body["providers"]
+    assert provider["upstreamBaseUrl"] == proxy.settings.cli_proxy_api_url
+    assert "upstream-secret" not in json.dumps(body)
     status, body = get(proxy.url, "/admin/nope")
     assert (status, body["error"]["code"]) == (404, "not_found")
 
