@@ -16,7 +16,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request
 
 from agent_cli_proxy.log import get_logger
-from agent_cli_proxy.web import admin, admin_usage, params, proxy, ready
+from agent_cli_proxy.web import admin, admin_usage, openapi, params, proxy, ready
 from agent_cli_proxy.web.errors import json_error, json_response
 from agent_cli_proxy.web.services import ProxyServices
 
@@ -62,6 +62,7 @@ ROUTES: dict[str, tuple[str, list[str] | None, Handler]] = {
     "admin_pricing": ("/admin/pricing", _READ, admin.pricing),
     "admin_config": ("/admin/config", _READ, admin_usage.config),
     "admin_providers": ("/admin/providers", _READ, admin.providers),
+    "admin_openapi": ("/admin/openapi.json", _READ, openapi.handle),
     "admin_unknown": ("/admin/<path:rest>", None, _admin_unknown),
     # Claude Code probes "HEAD /" before its first call: let the upstream answer.
     "proxy": ("/", None, _proxy),

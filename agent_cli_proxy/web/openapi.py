@@ -1,0 +1,107 @@
+"""The OpenAPI 3.1 description of the admin API and the probes, served at
+``/admin/openapi.json``. A test checks that every admin route of the routing table is
+described here, with its methods, so the document cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+from agent_cli_proxy import __version__
+from agent_cli_proxy.web.errors import json_response
+from agent_cli_proxy.web.services import ProxyServices
+
+_JSON_OK = {"description": "OK", "content": {"application/json": {}}}
+_ERRORS = {
+    "400": {"description": "A parameter is invalid; the error names it."},
+    "401": {"description": "ADMIN_API_KEY is set and was not sent (or is wrong)."},
+    "403": {"description": "The caller is not on this machine."},
+}
+
+
+def _param(name: str, description: str, *, schema: dict[str, Any] | None = None,
+           where: str = "query", required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required or where == "path",
+            "description": description, "schema": schema or {"type": "string"}}
+
+
+_DAY = {"type": "string", "format": "date"}
+DAY = _param("day", "UTC day (YYYY-MM-DD); default today.", schema=_DAY)
+FROM = _param("from", "First day, inclusive (YYYY-MM-DD).", schema=_DAY, required=True)
+TO = _param("to", "Last day, inclusive (YYYY-MM-DD).", schema=_DAY, required=True)
+ROW_ID = _param("row_id", "request_logs id.", schema={"type": "integer"}, where="path")
+KEY_ID = _param("key_id", "API key id.", schema={"type": "integer"}, where="path")
+
+
+def _get(summary: str, *params: dict[str, Any], errors: tuple[str, ...] = ("400",),
+         public: bool = False) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": _JSON_OK}
+    for code in errors if public else (*errors, "401", "403"):
+        responses[code] = _ERRORS.get(code, {"description": "Not found."})
+    return {"summary": summary, "parameters": list(params), "responses": responses}
+
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/health": {"get": _get("Liveness: the process answers.", errors=(), public=True)},
+    "/ready": {"get": _get("Readiness: database, upstream, prices, background loops "
+                           "(503 when a critical check fails; cached 3 s).", errors=(),
+                           public=True)},
+    "/admin/usage/today": {"get": _get("Usage of the current UTC day, with its breakdown.")},
+    "/admin/usage/range": {"get": _get("Usage per day, newest first.", FROM, TO)},
+    "/admin/usage/models": {"get": _get("Usage of one day per provider and model.", DAY)},
+    "/admin/usage/providers": {"get": _get("Usage of one day per provider.", DAY)},
+    "/admin/usage/accounts": {"get": _get("Usage of one day per CLIProxyAPI account.", DAY)},
+    "/admin/usage/accounts/range": {"get": _get("Account usage per day.", FROM, TO)},
+    "/admin/usage/accounts/summary": {"get": _get(
+        "Account totals over a range (default: the last 7 days).",
+        {**FROM, "required": False}, {**TO, "required": False})},
+    "/admin/usage/trend": {"get": _get(
+        "Hourly buckets of recorded calls.",
+        _param("hours", "How many hours back (1-2208, default 24).",
+               schema={"type": "integer"}),
+        _param("provider", "Only this provider."), _param("model", "Only this model."),
+        _param("tool", "Only this tool."))},
+    "/admin/stats": {"get": _get("Totals over every recorded call.")},
+    "/admin/logs": {"get": _get(
+        "Recorded calls, newest first.",
+        _param("limit", "Page size (1-200, default 50).", schema={"type": "integer"}),
+        _param("offset", "Rows to skip (default 0).", schema={"type": "integer"}),
+        _param("tool", "Exact tool."), _param("client_id", "Exact client id."),
+        _param("model", "Exact model."),
+        _param("status", "A lifecycle (pending, completed, error, aborted) or an HTTP "
+                         "status."))},
+    "/admin/logs/{row_id}": {"get": _get("One recorded call.", ROW_ID,
+                                         errors=("404",))},
+    "/admin/logs/{row_id}/cost-audit": {"get": _get(
+        "Every cost computed for one call, with the price entry, rule and numbers.", ROW_ID,
+        errors=("404",))},
+    "/admin/quotas": {"get": _get("Latest stored quota snapshot per account and window.")},
+    "/admin/pricing": {"get": _get(
+        "Price source status, and which price a model gets and why.",
+        _param("model", "Model name as a client would send it."),
+        _param("provider", "API family hint (openai, anthropic, gemini)."))},
+    "/admin/config": {"get": _get("Effective configuration, every secret redacted.")},
+    "/admin/providers": {"get": _get("Upstreams and the paths forwarded to them.")},
+    "/admin/openapi.json": {"get": _get("This document.", errors=())},
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "agent-cli-proxy admin API", "version": __version__,
+                 "description": "Read the usage, costs and state a proxy recorded. Only "
+                                "callers on the proxy's machine are answered."},
+        "paths": PATHS,
+        "components": {"securitySchemes": {
+            "adminToken": {"type": "apiKey", "in": "header", "name": "x-admin-token"},
+            "bearer": {"type": "http", "scheme": "bearer"},
+        }},
+        "security": [{}, {"adminToken": []}, {"bearer": []}],
+    }
+
+
+def handle(services: ProxyServices, request: Request) -> Response:
+    return json_response(document())
