@@ -16,7 +16,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request
 
 from agent_cli_proxy.log import get_logger
-from agent_cli_proxy.web import admin, admin_usage, openapi, params, proxy, ready
+from agent_cli_proxy.web import admin, admin_usage, metrics, openapi, params, proxy, ready
 from agent_cli_proxy.web.errors import json_error, json_response
 from agent_cli_proxy.web.services import ProxyServices
 
@@ -43,6 +43,8 @@ def _admin_unknown(services: ProxyServices, request: Request, rest: str) -> Any:
 # behind it too.
 ROUTES: dict[str, tuple[str, list[str] | None, Handler]] = {
     "health": ("/health", _READ, _health),
+    # Behind the admin access check, like /admin/*.
+    "admin_metrics": ("/metrics", _READ, metrics.handle),
     "ready": ("/ready", _READ, ready.handle),
     "admin_usage_today": ("/admin/usage/today", _READ, admin_usage.usage_today),
     "admin_usage_range": ("/admin/usage/range", _READ, admin_usage.usage_range),

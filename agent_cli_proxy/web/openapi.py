@@ -48,6 +48,13 @@ PATHS: dict[str, dict[str, Any]] = {
     "/ready": {"get": _get("Readiness: database, upstream, prices, background loops "
                            "(503 when a critical check fails; cached 3 s).", errors=(),
                            public=True)},
+    "/metrics": {"get": {
+        "summary": "Prometheus text exposition (version 0.0.4): request, token and cost "
+                   "counters, latency, overhead and TTFB histograms, today's usage gauges, "
+                   "price and loop health.",
+        "parameters": [],
+        "responses": {"200": {"description": "OK", "content": {"text/plain": {}}},
+                      "401": _ERRORS["401"], "403": _ERRORS["403"]}}},
     "/admin/usage/today": {"get": _get("Usage of the current UTC day, with its breakdown.")},
     "/admin/usage/range": {"get": _get("Usage per day, newest first.", FROM, TO)},
     "/admin/usage/models": {"get": _get("Usage of one day per provider and model.", DAY)},

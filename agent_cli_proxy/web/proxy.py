@@ -164,6 +164,8 @@ def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
     pending = SendHandle()
     if client_gone is not None:
         services.watcher.watch(client_gone, pending)
+    if recorder is not None:
+        recorder.sending()
     try:
         upstream = services.client.send(request.method, url, headers, send_body, timeouts,
                                         pending)
@@ -221,7 +223,7 @@ def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
     """Identify the caller and write the pending row (before the upstream is asked)."""
     headers = request.headers
     recorder = CallRecorder(services.db, services.clock, lambda: services.pricing.table,
-                            call, path)
+                            services.metrics, call, path)
     identity = identify(headers, api_key=_api_key(request),
                         client_name_mapping=services.settings.client_name_mapping)
     msg_id = next((headers[h] for h in ("x-msg-id", "x-message-id", "x-request-id")

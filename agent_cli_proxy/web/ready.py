@@ -70,9 +70,11 @@ def _supervisor(services: ProxyServices) -> dict[str, Any]:
 
 
 def evaluate(services: ProxyServices) -> dict[str, Any]:
+    started = time.monotonic()
     checks = {"database": _database(services), "pricing": _pricing(services),
               "upstream": _upstream(services), "supervisor": _supervisor(services)}
     overall = max((c["status"] for c in checks.values()), key=_RANK.__getitem__)
+    services.metrics.ready_checked(status=overall, duration_s=time.monotonic() - started)
     return {"status": overall, "checks": checks}
 
 

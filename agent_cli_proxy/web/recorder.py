@@ -16,6 +16,7 @@ from collections.abc import Callable
 from agent_cli_proxy.clock import Clock
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.providers.routes import LLMCall
+from agent_cli_proxy.proxy_metrics import ProxyMetrics
 from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.storage.requests import (
     Finalization,
@@ -40,10 +41,14 @@ class CallRecorder:
     """Owns the request_logs row of one LLM call."""
 
     def __init__(self, db: Database, clock: Clock, prices: Callable[[], PriceTable],
-                 call: LLMCall, path: str) -> None:
+                 metrics: ProxyMetrics, call: LLMCall, path: str) -> None:
         self._db = db
         self._clock = clock
         self._prices = prices
+        self._metrics = metrics
+        self._tool: str | None = None
+        self._send_started: float | None = None
+        self._ttfb_s: float | None = None
         self.call = call
         self.path = path
         self.request_id = str(uuid.uuid4())
@@ -52,11 +57,13 @@ class CallRecorder:
         self._upstream_latency_ms: int | None = None
         self._lock = threading.Lock()
         self._done = False
+        metrics.request_started()
 
     def start(self, identity: Identity, *, method: str, user_agent: str | None,
               source_ip: str | None, msg_id: str | None, originator: str | None) -> None:
         meta = {"method": method, "originator": originator, "session_id": identity.session_id,
                 "tool_version": identity.tool_version}
+        self._tool = identity.tool
         row = PendingRow(
             provider=self.call.provider,
             model=self.call.requested_model or "unknown",
@@ -84,8 +91,14 @@ class CallRecorder:
                    provider=row.provider, model=row.model, tool=row.tool,
                    client_id=row.client_id, path=self.path)
 
+    def sending(self) -> None:
+        """The request is about to go upstream (pool checkout and connect included)."""
+        self._send_started = self._clock.monotonic()
+
     def headers_received(self, status: int) -> None:
         self._upstream_latency_ms = self._elapsed_ms()
+        if self._send_started is not None:
+            self._ttfb_s = self._clock.monotonic() - self._send_started
         _log.debug("passthrough.upstream_headers", request_id=self.request_id, status=status,
                    latency_ms=self._upstream_latency_ms)
 
@@ -149,9 +162,27 @@ class CallRecorder:
             if self._done:
                 return
             self._done = True
-        if self.row_id is None:
-            return
+        upstream_end = self._clock.monotonic()
         cost = self._price(model or self.call.requested_model, usage)
+        try:
+            if self.row_id is not None:
+                self._write(lifecycle, status, code, message, usage=usage, model=model,
+                            upstream_status=upstream_status, streamed=streamed, cost=cost)
+        finally:
+            # Once per call, row or no row: it is what brings the in-flight gauge down.
+            self._metrics.request_finished(
+                provider=self.call.provider, model=model or self.call.requested_model,
+                tool=self._tool, status=status, lifecycle=lifecycle, streamed=bool(streamed),
+                duration_s=self._clock.monotonic() - self._started,
+                upstream_s=(upstream_end - self._send_started
+                            if self._send_started is not None else None),
+                ttfb_s=self._ttfb_s, usage_tokens=_token_counts(usage),
+                cost_usd=cost.cost_usd)
+
+    def _write(self, lifecycle: str, status: int, code: str | None, message: str | None, *,
+               usage: Usage, model: str | None, upstream_status: int | None,
+               streamed: bool | None, cost: CostResult) -> None:
+        assert self.row_id is not None
         fin = Finalization(
             lifecycle_status=lifecycle,
             status=status,
@@ -182,3 +213,9 @@ class CallRecorder:
                   lifecycle_status=lifecycle, status=status, path=self.path,
                   model=model or self.call.requested_model, total_tokens=usage.total_tokens,
                   cost_usd=cost.cost_usd, cost_status=cost.status, latency_ms=fin.latency_ms)
+
+
+def _token_counts(usage: Usage) -> dict[str, int]:
+    return {"prompt": usage.prompt_tokens, "cache_read": usage.cache_read_tokens,
+            "cache_creation": usage.cache_creation_tokens,
+            "completion": usage.completion_tokens, "reasoning": usage.reasoning_tokens}

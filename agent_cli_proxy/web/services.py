@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from agent_cli_proxy.clock import Clock
 from agent_cli_proxy.config import Settings
+from agent_cli_proxy.proxy_metrics import ProxyMetrics
 from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.upstream.client import UpstreamClient
 from agent_cli_proxy.usage.pricing import PriceTable
@@ -50,3 +51,4 @@ class ProxyServices:
     pricing: PriceSource
     loops: Background
     ready_cache: ReadyCache = field(default_factory=ReadyCache)
+    metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
