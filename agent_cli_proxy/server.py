@@ -7,6 +7,7 @@ for its whole life, so ``PROXY_THREADS`` (default 256) replaces waitress's 4, an
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from types import FrameType
@@ -75,7 +76,9 @@ def request_stop(server: Any) -> None:
     def close_all(_: object = None) -> None:  # runs in the loop thread
         wasyncore.close_all(sockets)
 
-    trigger.pull_trigger(close_all)
+    # OSError: its pipe is already closed, so the loop is closing the sockets itself.
+    with contextlib.suppress(OSError):
+        trigger.pull_trigger(close_all)
 
 
 def serve(settings: Settings) -> int:

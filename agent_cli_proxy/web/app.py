@@ -16,7 +16,16 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request
 
 from agent_cli_proxy.log import get_logger
-from agent_cli_proxy.web import admin, admin_usage, metrics, openapi, params, proxy, ready
+from agent_cli_proxy.web import (
+    admin,
+    admin_usage,
+    api_keys,
+    metrics,
+    openapi,
+    params,
+    proxy,
+    ready,
+)
 from agent_cli_proxy.web.errors import json_error, json_response
 from agent_cli_proxy.web.services import ProxyServices
 
@@ -65,6 +74,12 @@ ROUTES: dict[str, tuple[str, list[str] | None, Handler]] = {
     "admin_config": ("/admin/config", _READ, admin_usage.config),
     "admin_providers": ("/admin/providers", _READ, admin.providers),
     "admin_openapi": ("/admin/openapi.json", _READ, openapi.handle),
+    "admin_api_keys": ("/admin/api-keys", _READ, api_keys.list_all),
+    "admin_api_keys_create": ("/admin/api-keys", ["POST"], api_keys.create),
+    "admin_api_key": ("/admin/api-keys/<int:key_id>", _READ, api_keys.get_one),
+    "admin_api_key_update": ("/admin/api-keys/<int:key_id>", ["PATCH"], api_keys.update),
+    "admin_api_key_revoke": ("/admin/api-keys/<int:key_id>", ["DELETE"], api_keys.revoke),
+    "admin_api_key_usage": ("/admin/api-keys/<int:key_id>/usage", _READ, api_keys.usage),
     "admin_unknown": ("/admin/<path:rest>", None, _admin_unknown),
     # Claude Code probes "HEAD /" before its first call: let the upstream answer.
     "proxy": ("/", None, _proxy),

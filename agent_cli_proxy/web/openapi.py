@@ -43,6 +43,21 @@ def _get(summary: str, *params: dict[str, Any], errors: tuple[str, ...] = ("400"
     return {"summary": summary, "parameters": list(params), "responses": responses}
 
 
+def _write(summary: str, ok: str, *params: dict[str, Any],
+           body: dict[str, Any] | None = None, required: list[str] | None = None
+           ) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary, "parameters": list(params),
+        "responses": {ok: _JSON_OK, "400": {"description": "The body is invalid."},
+                      "401": _ERRORS["401"], "403": _ERRORS["403"],
+                      "404": {"description": "No such key."}}}
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"type": "object", "properties": body, "required": required or [],
+                       "additionalProperties": False}}}}
+    return operation
+
+
 PATHS: dict[str, dict[str, Any]] = {
     "/health": {"get": _get("Liveness: the process answers.", errors=(), public=True)},
     "/ready": {"get": _get("Readiness: database, upstream, prices, background loops "
@@ -92,6 +107,25 @@ PATHS: dict[str, dict[str, Any]] = {
     "/admin/config": {"get": _get("Effective configuration, every secret redacted.")},
     "/admin/providers": {"get": _get("Upstreams and the paths forwarded to them.")},
     "/admin/openapi.json": {"get": _get("This document.", errors=())},
+    "/admin/api-keys": {
+        "get": _get("Managed proxy API keys (never their secrets).", errors=()),
+        "post": _write("Create a key; the response shows it once.", "201", body={
+            "name": {"type": "string"},
+            "allowed_providers": {"type": ["array", "null"], "items": {"type": "string"}},
+            "allowed_accounts": {"type": ["array", "null"], "items": {"type": "string"}}},
+            required=["name"]),
+    },
+    "/admin/api-keys/{key_id}": {
+        "get": _get("One key.", KEY_ID, errors=("404",)),
+        "patch": _write("Rename, change limits, or rotate (\"rotate\": true; the new key "
+                        "is shown once).", "200", KEY_ID, body={
+                            "name": {"type": "string"}, "rotate": {"type": "boolean"},
+                            "allowed_providers": {"type": ["array", "null"]},
+                            "allowed_accounts": {"type": ["array", "null"]}}),
+        "delete": _write("Revoke a key at once (its usage history stays).", "200", KEY_ID),
+    },
+    "/admin/api-keys/{key_id}/usage": {"get": _get("Requests, tokens and cost of one key.",
+                                                   KEY_ID, errors=("404",))},
 }
 
 

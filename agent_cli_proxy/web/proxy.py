@@ -26,6 +26,7 @@ from agent_cli_proxy.upstream.capture import UsageCapture
 from agent_cli_proxy.upstream.client import SendHandle, Timeouts, UpstreamError
 from agent_cli_proxy.upstream.relay import Relay, RelayResult, Transform
 from agent_cli_proxy.usage.identify import identify
+from agent_cli_proxy.web import api_keys
 from agent_cli_proxy.web.addresses import client_address
 from agent_cli_proxy.web.errors import json_error
 from agent_cli_proxy.web.recorder import CallRecorder
@@ -125,12 +126,16 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
     path, query = _target(request)
     # Classified on the decoded path: the one the upstream will route on.
     call = classify(request.method, request.path, body)
+    key_id, refused = api_keys.authenticate(services, request, call.provider if call else None)
+    if refused is not None:
+        return refused
     transform: Transform | None = None
     if call is not None and call.family is Family.OPENAI_CHAT and call.stream:
         injected = inject_include_usage(body)
         if injected is not None:
             body, transform = injected, UsageChunkFilter()
-    recorder = _start_recording(services, request, call, path) if call is not None else None
+    recorder = (_start_recording(services, request, call, path, key_id)
+                if call is not None else None)
     try:
         return _forward(services, request, call, recorder, body, path, query, transform)
     except Exception as exc:
@@ -219,7 +224,7 @@ def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
 
 
 def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
-                     path: str) -> CallRecorder:
+                     path: str, key_id: int | None) -> CallRecorder:
     """Identify the caller and write the pending row (before the upstream is asked)."""
     headers = request.headers
     recorder = CallRecorder(services.db, services.clock, lambda: services.pricing.table,
@@ -230,7 +235,7 @@ def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
                    if headers.get(h)), None)
     recorder.start(identity, method=request.method, user_agent=headers.get("User-Agent"),
                    source_ip=client_address(request, services.settings.trust_proxy_headers) or None,
-                   msg_id=msg_id, originator=headers.get("originator"))
+                   msg_id=msg_id, originator=headers.get("originator"), api_key_id=key_id)
     return recorder
 
 

@@ -60,7 +60,8 @@ class CallRecorder:
         metrics.request_started()
 
     def start(self, identity: Identity, *, method: str, user_agent: str | None,
-              source_ip: str | None, msg_id: str | None, originator: str | None) -> None:
+              source_ip: str | None, msg_id: str | None, originator: str | None,
+              api_key_id: int | None = None) -> None:
         meta = {"method": method, "originator": originator, "session_id": identity.session_id,
                 "tool_version": identity.tool_version}
         self._tool = identity.tool
@@ -81,6 +82,7 @@ class CallRecorder:
             msg_id=msg_id,
             session_id=identity.session_id,
             identify_rule=identity.rule,
+            proxy_api_key_id=api_key_id,
         )
         try:
             self.row_id = insert_pending(self._db, row)
