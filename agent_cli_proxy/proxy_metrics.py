@@ -166,7 +166,8 @@ class ProxyMetrics:
     def scrape_families(self, *, today: Iterable[Mapping[str, Any]] | None = None,
                         pricing: Mapping[str, Any] | None = None,
                         pricing_degraded: bool | None = None,
-                        loops: Mapping[str, Mapping[str, Any]] | None = None
+                        loops: Mapping[str, Mapping[str, Any]] | None = None,
+                        breakers: Iterable[Mapping[str, Any]] | None = None
                         ) -> list[Metric[Any]]:
         """Families built for one scrape from values read by the endpoint.
 
@@ -189,6 +190,8 @@ class ProxyMetrics:
             families.append(degraded)
         if loops is not None:
             families.extend(self._loops(loops))
+        if breakers is not None:
+            families.extend(self._breakers(breakers))
         # A series per long-lived family that has overflowed (most never do): the sign that
         # a client sends unbounded names, or that max_series is too small here. (The
         # scrape-time families are rebuilt each time: their overflow shows as "other" rows.)
@@ -201,6 +204,20 @@ class ProxyMetrics:
                 folded.inc((family.name,), count)
         families.append(folded)
         return families
+
+    def _breakers(self, snapshots: Iterable[Mapping[str, Any]]) -> list[Metric[Any]]:
+        state = Gauge(PREFIX + "breaker_state",
+                      "Circuit breaker per upstream: 0 closed, 1 half-open, 2 open.",
+                      ("breaker",), max_series=self.max_series)
+        failures = Gauge(PREFIX + "breaker_failures",
+                         "Consecutive upstream failures counted by the breaker.", ("breaker",),
+                         max_series=self.max_series)
+        codes = {"closed": 0, "half-open": 1, "open": 2}
+        for snap in snapshots:
+            key = (str(snap.get("providerId")),)
+            state.set(codes.get(str(snap.get("state")), 0), key)
+            failures.set(float(snap.get("failures") or 0), key)
+        return [state, failures]
 
     def _today(self, rows: Iterable[Mapping[str, Any]]) -> list[Metric[Any]]:
         labels = ("provider", "model")

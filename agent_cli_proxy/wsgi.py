@@ -11,6 +11,7 @@ from __future__ import annotations
 from agent_cli_proxy.clock import SYSTEM_CLOCK, Clock
 from agent_cli_proxy.config import Settings
 from agent_cli_proxy.storage.database import Database
+from agent_cli_proxy.upstream.breaker import Breakers
 from agent_cli_proxy.upstream.client import UpstreamClient
 from agent_cli_proxy.web.app import ProxyApp
 from agent_cli_proxy.web.disconnects import DisconnectWatcher
@@ -40,5 +41,10 @@ def create_app(settings: Settings, db: Database, *, clock: Clock = SYSTEM_CLOCK,
         clock=clock,
         pricing=pricing,
         loops=supervisor,
+        breakers=Breakers(
+            open_after=settings.upstream_circuit_breaker_open_after_failures,
+            half_open_after_s=settings.upstream_circuit_breaker_half_open_after_ms / 1000,
+            evict_after_s=settings.upstream_circuit_breaker_evict_after_ms / 1000,
+            clock=clock),
     )
     return ProxyApp(services)

@@ -104,3 +104,24 @@ def providers(services: ProxyServices, request: Request) -> Response:
         # The client's own credentials are replaced; the key itself is never shown.
         "auth": {"type": "bearer", "env": "CLI_PROXY_API_KEY"},
     }]})
+
+
+def breakers(services: ProxyServices, request: Request) -> Response:
+    """``GET /admin/breakers``: every upstream's circuit breaker."""
+    return json_response({"breakers": services.breakers.snapshots()})
+
+
+def breaker(services: ProxyServices, request: Request, breaker_id: str) -> Response:
+    found = services.breakers.find(breaker_id)
+    if found is None:
+        return json_error(404, "not_found", f"no breaker {breaker_id!r}")
+    return json_response(found.snapshot())
+
+
+def breaker_reset(services: ProxyServices, request: Request, breaker_id: str) -> Response:
+    """``POST /admin/breakers/<id>/reset``: close it now (the upstream was fixed)."""
+    found = services.breakers.find(breaker_id)
+    if found is None:
+        return json_error(404, "not_found", f"no breaker {breaker_id!r}")
+    found.reset()
+    return json_response({"ok": True, "providerId": breaker_id})

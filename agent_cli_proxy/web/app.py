@@ -80,6 +80,10 @@ ROUTES: dict[str, tuple[str, list[str] | None, Handler]] = {
     "admin_api_key_update": ("/admin/api-keys/<int:key_id>", ["PATCH"], api_keys.update),
     "admin_api_key_revoke": ("/admin/api-keys/<int:key_id>", ["DELETE"], api_keys.revoke),
     "admin_api_key_usage": ("/admin/api-keys/<int:key_id>/usage", _READ, api_keys.usage),
+    "admin_breakers": ("/admin/breakers", _READ, admin.breakers),
+    "admin_breaker": ("/admin/breakers/<breaker_id>", _READ, admin.breaker),
+    "admin_breaker_reset": ("/admin/breakers/<breaker_id>/reset", ["POST"],
+                            admin.breaker_reset),
     "admin_unknown": ("/admin/<path:rest>", None, _admin_unknown),
     # Claude Code probes "HEAD /" before its first call: let the upstream answer.
     "proxy": ("/", None, _proxy),

@@ -83,8 +83,10 @@ def _loops(services: MetricsServices) -> Mapping[str, Mapping[str, Any]] | None:
 def handle(services: MetricsServices, request: Request) -> Response:
     metrics = services.metrics
     pricing, degraded = _pricing(services)
+    breakers = getattr(services, "breakers", None)
     families = metrics.scrape_families(today=_today_rows(services), pricing=pricing,
-                                       pricing_degraded=degraded, loops=_loops(services))
+                                       pricing_degraded=degraded, loops=_loops(services),
+                                       breakers=breakers.snapshots() if breakers else None)
     response = Response(metrics.registry.render(families), status=200,
                         content_type=CONTENT_TYPE)
     response.headers["Cache-Control"] = "no-store"

@@ -33,6 +33,8 @@ FROM = _param("from", "First day, inclusive (YYYY-MM-DD).", schema=_DAY, require
 TO = _param("to", "Last day, inclusive (YYYY-MM-DD).", schema=_DAY, required=True)
 ROW_ID = _param("row_id", "request_logs id.", schema={"type": "integer"}, where="path")
 KEY_ID = _param("key_id", "API key id.", schema={"type": "integer"}, where="path")
+BREAKER_ID = _param("breaker_id", "Upstream id (cliproxyapi, or a custom provider's).",
+                    where="path")
 
 
 def _get(summary: str, *params: dict[str, Any], errors: tuple[str, ...] = ("400",),
@@ -107,6 +109,12 @@ PATHS: dict[str, dict[str, Any]] = {
     "/admin/config": {"get": _get("Effective configuration, every secret redacted.")},
     "/admin/providers": {"get": _get("Upstreams and the paths forwarded to them.")},
     "/admin/openapi.json": {"get": _get("This document.", errors=())},
+    "/admin/breakers": {"get": _get("Circuit breaker of every upstream used so far.",
+                                    errors=())},
+    "/admin/breakers/{breaker_id}": {"get": _get("One upstream's circuit breaker.",
+                                                 BREAKER_ID, errors=("404",))},
+    "/admin/breakers/{breaker_id}/reset": {"post": _write(
+        "Close a breaker now (after fixing the upstream).", "200", BREAKER_ID)},
     "/admin/api-keys": {
         "get": _get("Managed proxy API keys (never their secrets).", errors=()),
         "post": _write("Create a key; the response shows it once.", "201", body={

@@ -33,6 +33,7 @@ from agent_cli_proxy.web.recorder import CallRecorder
 from agent_cli_proxy.web.services import ProxyServices
 
 _log = get_logger("proxy")
+UPSTREAM_ID = "cliproxyapi"  # the one upstream until custom providers arrive
 WSGIApp = Any  # the werkzeug Response or a RelayedResponse, both WSGI applications
 _ERROR_STATUS = {"timeout": 504, "connect": 502, "protocol": 502}
 _ERROR_CODE = {"timeout": "upstream_timeout", "connect": "upstream_unavailable",
@@ -166,6 +167,10 @@ def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
     client_gone = request.environ.get("waitress.client_disconnected")
     client_gone = client_gone if callable(client_gone) else None
 
+    breaker = services.breakers.get(UPSTREAM_ID)
+    admission = breaker.admit()
+    if not admission.allowed:
+        return _circuit_open(recorder, admission.retry_after_s)
     pending = SendHandle()
     if client_gone is not None:
         services.watcher.watch(client_gone, pending)
@@ -176,11 +181,14 @@ def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
                                         pending)
     except UpstreamError as exc:
         if pending.abort_reason is not None:
+            breaker.released(admission)
             return _abandoned(recorder, pending.abort_reason)
+        breaker.failed(admission, exc.message)
         return _upstream_failed(exc, recorder, call, settings.cli_proxy_api_url)
     finally:
         services.watcher.unwatch(pending)
     if pending.abort_reason is not None:  # headers came back just as the abort did
+        breaker.released(admission)
         upstream.close()
         return _abandoned(recorder, pending.abort_reason)
     if recorder is not None:
@@ -202,7 +210,16 @@ def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
     try:
         if client_gone is not None:
             services.watcher.watch(client_gone, relay)
-        relay.prime()
+        try:
+            relay.prime()
+        except UpstreamError as exc:
+            breaker.failed(admission, exc.message)
+            raise
+        # Answered (4xx included: the upstream works and refused) or failing (5xx).
+        if upstream.status >= 500:
+            breaker.failed(admission, f"HTTP {upstream.status}")
+        else:
+            breaker.succeeded(admission)
         if recorder is not None and streaming:
             recorder.first_chunk()
         if streaming:
@@ -253,6 +270,16 @@ def _upstream_failed(exc: UpstreamError, recorder: CallRecorder | None,
         recorder.fail(_ERROR_STATUS[exc.kind], _ERROR_CODE[exc.kind], exc.message,
                       upstream_status=upstream_status)
     return _error_response(exc)
+
+
+def _circuit_open(recorder: CallRecorder | None, retry_after_s: int) -> Response:
+    """The upstream keeps failing: refuse at once instead of piling more on it."""
+    message = f"upstream {UPSTREAM_ID} is failing; retry in {retry_after_s} s"
+    if recorder is not None:
+        recorder.fail(503, "circuit_open", message)
+    response = json_error(503, "circuit_open", message, retry_after=retry_after_s)
+    response.headers["Retry-After"] = str(retry_after_s)
+    return response
 
 
 def _abandoned(recorder: CallRecorder | None, reason: str) -> Response:

@@ -13,6 +13,7 @@ from agent_cli_proxy.clock import Clock
 from agent_cli_proxy.config import Settings
 from agent_cli_proxy.proxy_metrics import ProxyMetrics
 from agent_cli_proxy.storage.database import Database
+from agent_cli_proxy.upstream.breaker import Breakers
 from agent_cli_proxy.upstream.client import UpstreamClient
 from agent_cli_proxy.usage.pricing import PriceTable
 from agent_cli_proxy.web.disconnects import DisconnectWatcher
@@ -50,5 +51,6 @@ class ProxyServices:
     clock: Clock
     pricing: PriceSource
     loops: Background
+    breakers: Breakers
     ready_cache: ReadyCache = field(default_factory=ReadyCache)
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
