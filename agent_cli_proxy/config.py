@@ -222,6 +222,9 @@ FIELDS: tuple[Field, ...] = (
           "Worker threads. An open stream holds one for its whole life, so this bounds "
           "concurrent streams; idle threads are cheap (waitress's default of 4 is not enough).",
           SERVER),
+    Field("SHUTDOWN_DRAIN_MS", 10_000, milliseconds,
+          "On SIGTERM/SIGINT, how long open requests and streams may finish before they are "
+          "cut and recorded aborted (10 s, as the original).", SERVER),
     Field("MAX_REQUEST_BODY_BYTES", 25_000_000, integer(1, 1_000_000_000),
           "Largest request body accepted (413 above); 25 MB fits long contexts with images.",
           SERVER),
@@ -346,6 +349,7 @@ class Settings:
     proxy_host: str
     proxy_port: int
     proxy_threads: int
+    shutdown_drain_ms: int
     max_request_body_bytes: int
     trust_proxy_headers: bool
     disable_shutdown_handlers: bool

@@ -10,17 +10,20 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 from waitress import wasyncore
-from waitress.server import create_server
+from waitress.server import BaseWSGIServer, create_server
 from waitress.trigger import trigger as Trigger
 
 from agent_cli_proxy import __version__
 from agent_cli_proxy.clock import SYSTEM_CLOCK
 from agent_cli_proxy.config import Settings, ensure_directories
 from agent_cli_proxy.log import get_logger
+from agent_cli_proxy.sdnotify import notify
 from agent_cli_proxy.storage.database import Database, open_database
 from agent_cli_proxy.storage.requests import recover_stale_pending
 from agent_cli_proxy.web.app import ProxyApp
@@ -93,27 +96,70 @@ def serve(settings: Settings) -> int:
     for warning in settings.warnings:
         _log.warning("config.warning", message=warning)
     port = int(server.effective_port)  # waitress reports it as text
-    _log.info("server.listening", host=settings.proxy_host, port=port,
-              url=f"http://{settings.proxy_host}:{port}",
-              upstream=settings.cli_proxy_api_url, threads=settings.proxy_threads,
-              db_path=settings.db_path, version=__version__)
-    return run_until_stopped(server, app, db)
+
+    def announce() -> None:
+        _log.info("server.listening", host=settings.proxy_host, port=port,
+                  url=f"http://{settings.proxy_host}:{port}",
+                  upstream=settings.cli_proxy_api_url, threads=settings.proxy_threads,
+                  db_path=settings.db_path, version=__version__)
+        notify(f"READY=1\nSTATUS=serving on {settings.proxy_host}:{port}")
+
+    return run_until_stopped(server, app, db, on_ready=announce)
 
 
-def run_until_stopped(server: Any, app: ProxyApp, db: Database) -> int:
-    """Serve until a stop signal, then unwind: streams aborted, threads joined, DB closed.
+def _stop_accepting(server: Any) -> None:
+    """Close the listening sockets (in the loop thread); open connections keep going."""
+    sockets = _sockets(server)
+    listeners = [d for d in list(sockets.values()) if isinstance(d, BaseWSGIServer)]
+    trigger = next((d for d in list(sockets.values()) if isinstance(d, Trigger)), None)
 
-    The signal handler raises nothing: an exception raised inside waitress's loop can land
-    in a socket callback, whose catch-all would swallow it and keep serving. It aborts the
-    open streams and asks the loop, through its trigger, to close every socket and return.
+    def close_listeners(_: object = None) -> None:
+        for listener in listeners:
+            wasyncore.dispatcher.close(listener)
+
+    if trigger is not None:
+        with contextlib.suppress(OSError):
+            trigger.pull_trigger(close_listeners)
+
+
+def _busy(server: Any) -> bool:
+    dispatcher = server.task_dispatcher
+    return bool(dispatcher.active_count or dispatcher.queue)
+
+
+def run_until_stopped(server: Any, app: ProxyApp, db: Database,
+                      on_ready: Callable[[], None] | None = None) -> int:
+    """Serve until a stop signal, then drain and unwind.
+
+    On the signal: stop accepting connections, let open requests and streams finish for
+    up to SHUTDOWN_DRAIN_MS, then cut what is left (rows aborted, reason ``shutdown``),
+    stop the loops, checkpoint and close the database. The signal handler raises
+    nothing: an exception raised inside waitress's loop can land in a socket callback,
+    whose catch-all would swallow it and keep serving; it starts a drain thread instead,
+    which ends the loop through waitress's trigger.
     """
     received: list[int] = []
+    drain_s = app.services.settings.shutdown_drain_ms / 1000
+    drained = threading.Event()
+
+    def drain_then_stop() -> None:
+        started = time.monotonic()
+        while _busy(server) and time.monotonic() - started < drain_s:
+            drained.wait(0.05)  # polled: waitress offers nothing to wait on
+        cut = app.services.watcher.abort_all("shutdown")
+        _log.info("shutdown.drain", still_open=cut,
+                  waited_ms=round((time.monotonic() - started) * 1000))
+        request_stop(server)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if not received:
-            received.append(signum)
-            app.services.watcher.abort_all("shutdown")
-            request_stop(server)
+        if received:
+            return
+        received.append(signum)
+        notify("STOPPING=1")
+        _log.info("shutdown.signal", signal=signal.Signals(signum).name, drain_ms=round(
+            drain_s * 1000))
+        _stop_accepting(server)
+        threading.Thread(target=drain_then_stop, name="shutdown-drain", daemon=True).start()
 
     previous: dict[int, Any] = {}
     install = not app.services.settings.disable_shutdown_handlers
@@ -122,13 +168,15 @@ def run_until_stopped(server: Any, app: ProxyApp, db: Database) -> int:
         # finalization, no WAL checkpoint): turn it into an orderly stop.
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
+    # Only now: whoever acts on "ready" may send the stop signal straight away.
+    if on_ready is not None:
+        on_ready()
     try:
         server.run()
     finally:
+        drained.set()
         for number, handler in previous.items():
             signal.signal(number, handler)  # a second signal now ends the process at once
-        _log.info("shutdown.signal",
-                  signal=signal.Signals(received[0]).name if received else None)
         wasyncore.close_all(_sockets(server))  # no-op after request_stop
         aborted = app.services.watcher.abort_all("shutdown")  # calls begun meanwhile
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=STOP_TIMEOUT_S)
