@@ -259,7 +259,8 @@ FIELDS: tuple[Field, ...] = (
     Field("DB_PATH", _state_path("proxy.db"), text,
           "SQLite database; under the XDG data dir so it survives upgrades.", STORAGE),
     Field("STALE_PENDING_MAX_AGE_MS", 300_000, milliseconds,
-          "At startup, pending rows older than this are marked aborted (a crash left them).",
+          "At startup, pending rows are marked aborted (a crash left them): all of them when "
+          "this proxy is alone on the database, else those older than this.",
           STORAGE),
 
     Field("PRICING_URL", "https://models.dev/api.json", http_url,

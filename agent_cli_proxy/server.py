@@ -25,6 +25,7 @@ from agent_cli_proxy.config import Settings, ensure_directories
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.sdnotify import notify
 from agent_cli_proxy.storage.database import Database, open_database
+from agent_cli_proxy.storage.instance_lock import acquire_instance_lock
 from agent_cli_proxy.storage.requests import recover_stale_pending
 from agent_cli_proxy.web.app import ProxyApp
 from agent_cli_proxy.wsgi import create_app
@@ -88,8 +89,14 @@ def serve(settings: Settings) -> int:
     """Run in the foreground until SIGTERM/SIGINT; returns the process exit code."""
     ensure_directories(settings)
     db = open_database(settings.db_path)
-    now_ms = int(SYSTEM_CLOCK.time() * 1000)
-    recover_stale_pending(db, settings.stale_pending_max_age_ms, now_ms)
+    lock = acquire_instance_lock(settings.db_path)
+    if lock is None:
+        _log.warning("storage.shared_database", db_path=settings.db_path,
+                     note="another proxy serves this database; only pending rows older "
+                          "than STALE_PENDING_MAX_AGE_MS are recovered")
+    # Alone on the database, every pending row was left by a process that died.
+    max_age_ms = 0 if lock is not None else settings.stale_pending_max_age_ms
+    recover_stale_pending(db, max_age_ms, int(SYSTEM_CLOCK.time() * 1000) + 1)
     app = create_app(settings, db)
     server = make_server(app, settings)
     app.start_background()
@@ -104,7 +111,11 @@ def serve(settings: Settings) -> int:
                   db_path=settings.db_path, version=__version__)
         notify(f"READY=1\nSTATUS=serving on {settings.proxy_host}:{port}")
 
-    return run_until_stopped(server, app, db, on_ready=announce)
+    try:
+        return run_until_stopped(server, app, db, on_ready=announce)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _stop_accepting(server: Any) -> None:

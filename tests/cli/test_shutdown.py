@@ -33,11 +33,14 @@ def serving(tmp_path: Path, upstream: FakeUpstream, **extra: str
                PRICING_URL=f"http://127.0.0.1:{_free_port()}/api.json", **extra)
     proc = subprocess.Popen([sys.executable, "-m", "agent_cli_proxy", "serve"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    startup: list[str] = []
     try:
         assert proc.stdout is not None
         for line in proc.stdout:  # blocks until the server says it is listening
-            if json.loads(line)["event"] == "server.listening":
+            startup.append(json.loads(line)["event"])
+            if startup[-1] == "server.listening":
                 break
+        proc.startup_events = startup  # type: ignore[attr-defined]
         yield proc, port
     finally:
         if proc.poll() is None:
