@@ -30,6 +30,7 @@ from agent_cli_proxy.config_values import (
     boolean,
     cch_positions,
     choice,
+    display_url,
     exactly_one,
     http_url,
     integer,
@@ -168,8 +169,9 @@ def _state_path(filename: str) -> Computed:
 
 
 _REQUIRE_KEY_DEFAULT = Computed(
-    "true unless PROXY_HOST is loopback",
-    lambda ctx: not is_loopback(ctx.values["proxy_host"]))
+    "true unless PROXY_HOST is loopback and TRUST_PROXY_HEADERS is false",
+    # Behind a trusted reverse proxy the clients come from elsewhere, even on loopback.
+    lambda ctx: not is_loopback(ctx.values["proxy_host"]) or ctx.values["trust_proxy_headers"])
 
 UPSTREAM = "Upstream"
 SERVER = "Server"
@@ -505,6 +507,10 @@ def _check_cross_field(ctx: _Context) -> None:
     if not is_loopback(values["proxy_host"]) and not values["proxy_require_api_key"]:
         ctx.issues.append(ConfigIssue(
             "PROXY_REQUIRE_API_KEY", "must be true when PROXY_HOST is not loopback"))
+    elif values["trust_proxy_headers"] and not values["proxy_require_api_key"]:
+        ctx.issues.append(ConfigIssue(
+            "PROXY_REQUIRE_API_KEY", "must be true when TRUST_PROXY_HEADERS is true (clients "
+            "then reach the proxy from elsewhere, through the reverse proxy)"))
     local_ok = ctx.lookup("PROXY_LOCAL_OK")
     if local_ok not in (None, "", "1"):
         ctx.warnings.append("PROXY_LOCAL_OK is ignored: only the value 1 enables it")
@@ -638,6 +644,8 @@ def describe(settings: Settings) -> dict[str, object]:
         elif field.name == "PROVIDERS_JSON":
             # May hold provider credentials (auth.value); the providers view redacts those.
             out[field.name] = "[set]" if value else ""
+        elif field.parse is http_url and value:
+            out[field.name] = display_url(value)  # user:password@ stays out of view
         else:
             out[field.name] = _plain(value)
     return out

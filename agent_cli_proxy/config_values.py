@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from decimal import ROUND_CEILING, Decimal
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 # Large enough for any sane interval (about 31 years), small enough for Event.wait().
 MAX_MS = 10**12
@@ -253,3 +253,15 @@ def pricing_aliases(raw: str) -> Mapping[str, str] | None:
     if bad:
         raise ValueProblems(bad)
     return MappingProxyType({prefix: target.strip() for prefix, target in document.items()})
+
+
+def display_url(url: str) -> str:
+    """*url* without user info, so a mirror's credentials never reach a log line."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, ""))

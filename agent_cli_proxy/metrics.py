@@ -56,6 +56,15 @@ def _escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
+def _clean(value: object) -> str:
+    """A label value that can always be rendered: client-chosen strings may hold lone
+    surrogates (not UTF-8 encodable) or be arbitrarily long."""
+    text = value if isinstance(value, str) else str(value)
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text[:MAX_LABEL_CHARS]
+
+
 def format_value(value: float) -> str:
     """A sample value as Prometheus writes it: integers without ``.0``, ``+Inf``, ``NaN``."""
     if math.isnan(value):
@@ -116,8 +125,7 @@ class Metric(Generic[S]):
     def _values(self, labels: Sequence[str]) -> LabelValues:
         if len(labels) != len(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {labels!r}")
-        return tuple(v if isinstance(v, str) and len(v) <= MAX_LABEL_CHARS
-                     else str(v)[:MAX_LABEL_CHARS] for v in labels)
+        return tuple(_clean(v) for v in labels)
 
     def _series_for(self, values: LabelValues) -> S:
         """The series a sample with *values* goes to, created if new. Hold the lock."""

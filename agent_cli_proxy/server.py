@@ -22,6 +22,7 @@ from waitress.trigger import trigger as Trigger
 from agent_cli_proxy import __version__
 from agent_cli_proxy.clock import SYSTEM_CLOCK
 from agent_cli_proxy.config import Settings, ensure_directories
+from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.sdnotify import notify
 from agent_cli_proxy.storage.database import Database, open_database
@@ -107,7 +108,8 @@ def serve(settings: Settings) -> int:
     def announce() -> None:
         _log.info("server.listening", host=settings.proxy_host, port=port,
                   url=f"http://{settings.proxy_host}:{port}",
-                  upstream=settings.cli_proxy_api_url, threads=settings.proxy_threads,
+                  upstream=display_url(settings.cli_proxy_api_url),
+                  threads=settings.proxy_threads,
                   db_path=settings.db_path, version=__version__)
         notify(f"READY=1\nSTATUS=serving on {settings.proxy_host}:{port}")
 

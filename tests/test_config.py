@@ -734,3 +734,19 @@ def test_man_page_renders_without_warnings() -> None:
     result = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(MAN_PAGE)],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0 and result.stderr == ""
+
+
+def test_trusting_proxy_headers_requires_client_keys(home: Path) -> None:
+    settings = load_settings(env(home, TRUST_PROXY_HEADERS="true"))
+    assert settings.proxy_require_api_key is True  # clients come from elsewhere
+    (issue,) = issues_of(env(home, TRUST_PROXY_HEADERS="true", PROXY_REQUIRE_API_KEY="false"))
+    assert issue.name == "PROXY_REQUIRE_API_KEY"
+    assert "TRUST_PROXY_HEADERS" in issue.message
+
+
+def test_urls_show_no_credentials(home: Path) -> None:
+    settings = load_settings(env(home, CLI_PROXY_API_URL="http://user:pa55@127.0.0.1:8317",
+                                 PRICING_URL="https://me:tok@mirror.example/api.json"))
+    shown = describe(settings)
+    assert shown["CLI_PROXY_API_URL"] == "http://127.0.0.1:8317"
+    assert shown["PRICING_URL"] == "https://mirror.example/api.json"

@@ -607,3 +607,13 @@ def test_scrape_families_today_pricing_loops() -> None:
     assert fams["agent_cli_proxy_requests_today"].samples == []
     assert "agent_cli_proxy_pricing_age_seconds" not in fams
     assert "agent_cli_proxy_loop_up" not in fams
+
+
+def test_label_values_that_cannot_be_encoded_never_break_rendering() -> None:
+    counter = Counter("demo_total", "Demo.", ("model",))
+    counter.inc(("\ud800bad",))
+    registry = Registry()
+    registry.register(counter)
+    text = registry.render()
+    text.encode("utf-8")  # would raise with a lone surrogate left in
+    assert 'demo_total{model="?bad"} 1' in text

@@ -18,6 +18,7 @@ Everything else (betas, ``anthropic-version``, request ids, rate-limit headers,
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import unquote_plus
 
 HOP_BY_HOP = frozenset(
     {
@@ -90,11 +91,12 @@ CREDENTIAL_PARAMS = frozenset({"key", "auth_token"})
 def replace_query_key(query: str, api_key: str) -> str:
     """Swap the value of credential query parameters, keeping the rest byte-identical,
     since re-encoding a query string can change what the upstream sees."""
-    if "key=" not in query and "auth_token=" not in query:
+    if "=" not in query:
         return query
     parts = query.split("&")
     for i, part in enumerate(parts):
-        name = part.split("=", 1)[0]
+        # Decoded, as the upstream decodes it: "%6Bey=" is "key=" too.
+        name = unquote_plus(part.split("=", 1)[0])
         if name in CREDENTIAL_PARAMS:
             parts[i] = f"{name}={api_key}"
     return "&".join(parts)

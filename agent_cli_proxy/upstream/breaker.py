@@ -27,11 +27,18 @@ State = Literal["closed", "open", "half-open"]
 STATE_VALUES: dict[State, int] = {"closed": 0, "half-open": 1, "open": 2}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Admission:
     allowed: bool
     probe: bool = False  # this request is the half-open probe: report how it went
     retry_after_s: int = 0
+    decided: bool = False  # the first verdict counts; later ones (a catch-all) are ignored
+
+    def _decide(self) -> bool:
+        if self.decided:
+            return False
+        self.decided = True
+        return True
 
 
 class Breaker:
@@ -67,6 +74,8 @@ class Breaker:
             return Admission(True)
 
     def succeeded(self, admission: Admission) -> None:
+        if not admission._decide():
+            return
         with self._lock:
             self._last_activity = self._clock.time()
             if admission.probe:
@@ -77,6 +86,8 @@ class Breaker:
                 self._state, self._failures = "closed", 0
 
     def failed(self, admission: Admission, reason: str) -> None:
+        if not admission._decide():
+            return
         with self._lock:
             now = self._clock.time()
             self._last_activity = now
@@ -90,8 +101,9 @@ class Breaker:
                              reason=reason, retry_after_s=round(self._half_open_after_s))
 
     def released(self, admission: Admission) -> None:
-        """The request ended without a verdict on the upstream (the client left)."""
-        if admission.probe:
+        """The request ended without a verdict on the upstream (the client left, a long
+        non-streaming call timed out, or the proxy failed)."""
+        if admission._decide() and admission.probe:
             with self._lock:
                 self._probing = False
 

@@ -46,10 +46,11 @@ class UpstreamError(Exception):
     sent: 502), ``timeout`` (504) or ``protocol`` (the connection broke: 502).
     """
 
-    def __init__(self, kind: ErrorKind, message: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str, *, connecting: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.connecting = connecting  # failed before the request could be sent
 
 
 def classify_error(exc: BaseException) -> UpstreamError:
@@ -60,10 +61,11 @@ def classify_error(exc: BaseException) -> UpstreamError:
     # a refused connection would be reported as a timeout.
     if isinstance(exc, NewConnectionError):
         if isinstance(exc.__context__, TimeoutError | socket.timeout):
-            return UpstreamError("timeout", "upstream connect timed out")
-        return UpstreamError("connect", f"upstream connection failed: {_reason(exc)}")
+            return UpstreamError("timeout", "upstream connect timed out", connecting=True)
+        return UpstreamError("connect", f"upstream connection failed: {_reason(exc)}",
+                             connecting=True)
     if isinstance(exc, ConnectTimeoutError):
-        return UpstreamError("timeout", "upstream connect timed out")
+        return UpstreamError("timeout", "upstream connect timed out", connecting=True)
     if isinstance(exc, ReadTimeoutError | TimeoutError | socket.timeout):
         return UpstreamError("timeout", "upstream stopped sending data (read timeout)")
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:

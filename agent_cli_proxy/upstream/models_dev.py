@@ -18,12 +18,12 @@ import time
 import zlib
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError, MaxRetryError
 
 from agent_cli_proxy import __version__
+from agent_cli_proxy.config_values import display_url
 
 # models.dev's api.json is ~2 MB today; the cap leaves room for growth while keeping a
 # misconfigured PRICING_URL (a disk image, an endless stream) from eating the memory.
@@ -36,16 +36,6 @@ class PriceFetchError(Exception):
     """The price document could not be fetched or was not a JSON object."""
 
 
-def display_url(url: str) -> str:
-    """*url* without user info, so a mirror's credentials never reach a log line."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
 
 
 def fetch_prices(url: str, *, timeout_s: float, connect_timeout_s: float | None = None,

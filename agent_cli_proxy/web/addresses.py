@@ -24,8 +24,15 @@ def _x_forwarded_for(request: Request) -> list[str]:
 
 
 def forwarded_for(request: Request) -> list[str]:
-    """Client addresses a proxy in front of us reported, from either header."""
-    found = _x_forwarded_for(request)
+    """Client addresses a proxy in front of us reported, from any of the usual headers."""
+    found = _x_forwarded_for(request) + _other_forwarded(request)
+    return found
+
+
+def _other_forwarded(request: Request) -> list[str]:
+    """``Forwarded: for=`` and ``X-Real-IP``: never believed, but any of them naming an
+    outside address means someone else's request came through a local proxy."""
+    found = [v.strip() for v in request.headers.getlist("X-Real-IP") if v.strip()]
     for value in request.headers.getlist("Forwarded"):
         for element in value.split(","):
             for pair in element.split(";"):
@@ -44,11 +51,20 @@ def _node_address(node: str) -> str:
 
 
 def client_address(request: Request, trust_proxy_headers: bool) -> str:
-    """Who is calling: the socket's peer, or behind a trusted reverse proxy the address it
-    appended to X-Forwarded-For (the last entry: earlier ones came from the client and can
-    be anything)."""
-    if trust_proxy_headers:
+    """Who is calling: the socket's peer, or behind a trusted reverse proxy on this host
+    the address it appended to X-Forwarded-For (the last entry: earlier ones came from the
+    client and can be anything). The header is believed only from a loopback peer: a
+    client connecting directly could otherwise name any address it likes."""
+    peer = request.remote_addr or ""
+    if trust_proxy_headers and is_loopback(peer):
         forwarded = _x_forwarded_for(request)
         if forwarded:
             return forwarded[-1]
-    return request.remote_addr or ""
+    return peer
+
+
+def outside_forwarded(request: Request, trust_proxy_headers: bool) -> bool:
+    """Does any forwarding header name a non-loopback client?"""
+    # Trusted, X-Forwarded-For counts only by the trusted hop's entry (the client address).
+    claimed = _other_forwarded(request) if trust_proxy_headers else forwarded_for(request)
+    return not all(is_loopback(addr) for addr in claimed)

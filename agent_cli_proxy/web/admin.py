@@ -6,15 +6,17 @@ Only callers on this machine may use it, decided by the socket address of the co
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from werkzeug.wrappers import Request, Response
 
 from agent_cli_proxy.config import Settings
+from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.storage.costs import cost_audit_for
 from agent_cli_proxy.storage.requests import get_request
 from agent_cli_proxy.usage.pricing import PriceEntry, Rates
-from agent_cli_proxy.web.addresses import client_address, forwarded_for, is_loopback
+from agent_cli_proxy.web.addresses import client_address, is_loopback, outside_forwarded
 from agent_cli_proxy.web.admin_usage import MAX_ROW_ID
 from agent_cli_proxy.web.errors import json_error, json_response
 from agent_cli_proxy.web.services import ProxyServices
@@ -24,15 +26,15 @@ def is_local(request: Request, trust_proxy_headers: bool = False) -> bool:
     """A connection from this machine that does not carry someone else's request.
 
     A reverse proxy on this host makes every outside client look local. Trusted
-    (TRUST_PROXY_HEADERS), its X-Forwarded-For names the real client; untrusted, any
-    forwarded-for address that is not loopback is refused (a local caller can only lock
-    itself out that way, never let anyone in).
+    (TRUST_PROXY_HEADERS), its X-Forwarded-For names the real client; in both modes any
+    other forwarding header naming an outside address is refused (a local caller can only
+    lock itself out that way, never let anyone in).
     """
     if not is_loopback(request.remote_addr or ""):
         return False
-    if trust_proxy_headers:
-        return is_loopback(client_address(request, True))
-    return all(is_loopback(addr) for addr in forwarded_for(request))
+    if not is_loopback(client_address(request, trust_proxy_headers)):
+        return False
+    return not outside_forwarded(request, trust_proxy_headers)
 
 
 def denial(request: Request, settings: Settings) -> Response | None:
@@ -45,12 +47,17 @@ def denial(request: Request, settings: Settings) -> Response | None:
         if not token:
             auth = request.headers.get("Authorization", "")
             token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        # Constant time: the comparison must not tell how much of a guess was right.
-        if not hmac.compare_digest(token.encode(), key.encode()):
+        # Digests of equal length, compared in constant time: neither how much of a guess
+        # was right nor the key's length leaks, and any UTF-8 key works.
+        if not hmac.compare_digest(_digest(token), _digest(key)):
             return json_error(401, "UNAUTHORIZED",
                               "ADMIN_API_KEY is set: send it as x-admin-token or "
                               "Authorization: Bearer")
     return None
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
 def forbidden() -> Response:
@@ -99,7 +106,7 @@ def providers(services: ProxyServices, request: Request) -> Response:
         "id": "cliproxyapi",
         "type": "cliproxyapi",
         "builtin": True,
-        "upstreamBaseUrl": services.settings.cli_proxy_api_url,
+        "upstreamBaseUrl": display_url(services.settings.cli_proxy_api_url),
         "paths": ["/", "/v1/*", "/v1beta/*", "/v1alpha/*", "/v1internal:*", "/api/*"],
         # The client's own credentials are replaced; the key itself is never shown.
         "auth": {"type": "bearer", "env": "CLI_PROXY_API_KEY"},

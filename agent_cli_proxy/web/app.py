@@ -26,6 +26,7 @@ from agent_cli_proxy.web import (
     proxy,
     ready,
 )
+from agent_cli_proxy.web.browsers import foreign_browser_request
 from agent_cli_proxy.web.errors import json_error, json_response
 from agent_cli_proxy.web.services import ProxyServices
 
@@ -111,8 +112,7 @@ class ProxyApp:
         adapter = URL_MAP.bind_to_environ(environ)
         try:
             endpoint, args = adapter.match()
-            refused = (admin.denial(request, self.services.settings)
-                       if endpoint.startswith("admin_") else None)
+            refused = self._refusal(endpoint, request)
             response = refused or self.endpoints[endpoint](self.services, request, **args)
         except params.BadParameter as exc:
             response = json_error(400, "invalid_parameter", str(exc), parameter=exc.name)
@@ -129,6 +129,19 @@ class ProxyApp:
             response = json_error(500, "internal_error", "internal proxy error")
         result: Iterable[bytes] = response(environ, start_response)
         return result
+
+    def _refusal(self, endpoint: str, request: Request) -> Any:
+        settings = self.services.settings
+        admin_route = endpoint.startswith("admin_")
+        # An open proxy on loopback (no client keys) is worth a web page's while too.
+        open_proxy = (endpoint == "proxy" and settings.is_loopback_host
+                      and not settings.proxy_require_api_key)
+        refused = admin.denial(request, settings) if admin_route else None
+        if refused is None and (admin_route or open_proxy):
+            reason = foreign_browser_request(request, settings.proxy_host)
+            if reason is not None:
+                refused = json_error(403, "browser_request_refused", reason)
+        return refused
 
     def start_background(self) -> None:
         """Start the background loops (the server does; tests may serve without them)."""

@@ -9,11 +9,12 @@ path without a row.
 from __future__ import annotations
 
 import http
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
+from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.providers.forwarding import (
     client_response_headers,
@@ -22,6 +23,7 @@ from agent_cli_proxy.providers.forwarding import (
 )
 from agent_cli_proxy.providers.openai_chat import UsageChunkFilter, inject_include_usage
 from agent_cli_proxy.providers.routes import Family, LLMCall, classify
+from agent_cli_proxy.upstream.breaker import Admission, Breaker
 from agent_cli_proxy.upstream.capture import UsageCapture
 from agent_cli_proxy.upstream.client import SendHandle, Timeouts, UpstreamError
 from agent_cli_proxy.upstream.relay import Relay, RelayResult, Transform
@@ -171,6 +173,32 @@ def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
     admission = breaker.admit()
     if not admission.allowed:
         return _circuit_open(recorder, admission.retry_after_s)
+    try:
+        return _send_and_relay(services, request, call, recorder, url, headers, send_body,
+                               timeouts, transform, streaming, client_gone, breaker,
+                               admission)
+    finally:
+        # Whatever happened without a verdict (a defect, an exception) frees the probe
+        # slot; after a verdict this does nothing.
+        breaker.released(admission)
+
+
+def _judge(breaker: Breaker, admission: Admission, exc: UpstreamError,
+           streaming: bool) -> None:
+    """Count an upstream error against the breaker only when it is the upstream's fault:
+    a non-streaming call that timed out after it was sent may just be a long generation."""
+    if exc.kind == "timeout" and not streaming and not exc.connecting:
+        breaker.released(admission)
+    else:
+        breaker.failed(admission, exc.message)
+
+
+def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | None,
+                    recorder: CallRecorder | None, url: str, headers: list[tuple[str, str]],
+                    send_body: bytes | None, timeouts: Timeouts, transform: Transform | None,
+                    streaming: bool, client_gone: Callable[[], bool] | None,
+                    breaker: Breaker, admission: Admission) -> WSGIApp:
+    settings = services.settings
     pending = SendHandle()
     if client_gone is not None:
         services.watcher.watch(client_gone, pending)
@@ -181,14 +209,12 @@ def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
                                         pending)
     except UpstreamError as exc:
         if pending.abort_reason is not None:
-            breaker.released(admission)
             return _abandoned(recorder, pending.abort_reason)
-        breaker.failed(admission, exc.message)
-        return _upstream_failed(exc, recorder, call, settings.cli_proxy_api_url)
+        _judge(breaker, admission, exc, streaming)
+        return _upstream_failed(exc, recorder, call, display_url(settings.cli_proxy_api_url))
     finally:
         services.watcher.unwatch(pending)
     if pending.abort_reason is not None:  # headers came back just as the abort did
-        breaker.released(admission)
         upstream.close()
         return _abandoned(recorder, pending.abort_reason)
     if recorder is not None:
@@ -213,12 +239,14 @@ def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
         try:
             relay.prime()
         except UpstreamError as exc:
-            breaker.failed(admission, exc.message)
+            _judge(breaker, admission, exc, streaming)
             raise
-        # Answered (4xx included: the upstream works and refused) or failing (5xx).
-        if upstream.status >= 500:
+        ctype = (upstream.headers.get("Content-Type") or "").lower()
+        if upstream.status >= 500 and "json" not in ctype:
             breaker.failed(admission, f"HTTP {upstream.status}")
         else:
+            # Answered: 4xx (it works and refused) and JSON 5xx (an application error,
+            # such as an unknown model, that one client can cause) say the upstream is up.
             breaker.succeeded(admission)
         if recorder is not None and streaming:
             recorder.first_chunk()
@@ -230,8 +258,8 @@ def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
                                                    body_changed=transform is not None)
     except UpstreamError as exc:
         # Nothing reached the client yet: answer with a clean error, not a cut stream.
-        response = _upstream_failed(exc, recorder, call, settings.cli_proxy_api_url,
-                                    upstream.status)
+        response = _upstream_failed(exc, recorder, call,
+                                    display_url(settings.cli_proxy_api_url), upstream.status)
         relay.close()
         return response
     except BaseException:

@@ -26,8 +26,9 @@ from typing import Any, Literal
 
 from agent_cli_proxy.clock import SYSTEM_CLOCK, Clock
 from agent_cli_proxy.config import Settings
+from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
-from agent_cli_proxy.upstream.models_dev import PriceFetchError, display_url, fetch_prices
+from agent_cli_proxy.upstream.models_dev import PriceFetchError, fetch_prices
 from agent_cli_proxy.usage.pricing import PriceTable
 from agent_cli_proxy.workers.pricing_cache import (
     CacheInvalid,

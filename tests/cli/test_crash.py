@@ -23,14 +23,16 @@ def test_orphans_of_a_killed_proxy_are_recovered_at_the_next_start(
         conn, resp = open_stream(port)  # completes normally
         assert resp.read() == canned.body
         conn.close()
-        script = upstream.script(Script(content_type=canned.content_type,
-                                        pieces=canned.pieces, pause_after=1))
+        scripts = [upstream.script(Script(content_type=canned.content_type,
+                                          pieces=canned.pieces, pause_after=1))
+                   for _ in range(2)]
         for _ in range(2):  # two streams open when the process dies
             conn, resp = open_stream(port)
             resp.read1(65536)
         proc.kill()
         proc.wait(timeout=30)
-    script.release.set()
+    for script in scripts:
+        script.release.set()
     with contextlib.closing(sqlite3.connect(db_path(tmp_path))) as conn:
         statuses = [r[0] for r in conn.execute(
             "SELECT lifecycle_status FROM request_logs ORDER BY id")]

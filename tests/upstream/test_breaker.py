@@ -96,3 +96,18 @@ def test_idle_closed_breakers_are_evicted_open_ones_kept(breakers: Breakers,
     breakers.get("new")  # creating a breaker sweeps idle ones
     assert breakers.find("idle") is None
     assert breakers.find("failing") is not None
+
+
+def test_the_first_verdict_counts_and_a_late_release_cannot_free_another_probe(
+        breakers: Breakers, clock: Clock) -> None:
+    breaker = breakers.get("up")
+    for _ in range(3):
+        breaker.failed(breaker.admit(), "refused")
+    clock.now += 30
+    probe = breaker.admit()
+    breaker.failed(probe, "refused")  # reopened
+    clock.now += 30
+    second = breaker.admit()
+    assert second.probe
+    breaker.released(probe)  # the first request's catch-all, after its verdict: ignored
+    assert not breaker.admit().allowed  # the second probe still holds the slot

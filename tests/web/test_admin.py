@@ -191,3 +191,12 @@ def test_trusted_reverse_proxy_names_the_client(make_settings: Any) -> None:
         assert status == 200
     finally:
         proxy.stop()
+
+
+def test_trusted_mode_still_refuses_other_forwarding_headers(make_settings: Any) -> None:
+    proxy = start_proxy(make_settings(trust_proxy_headers=True))
+    try:
+        for headers in ({"Forwarded": "for=8.8.8.8"}, {"X-Real-IP": "203.0.113.4"}):
+            assert get(proxy.url, "/admin/stats", headers)[0] == 403, headers
+    finally:
+        proxy.stop()

@@ -17,8 +17,9 @@ def test_failures_open_the_breaker_and_reset_closes_it(make_settings: Any,
                                                        upstream: FakeUpstream) -> None:
     proxy = start_proxy(make_settings(upstream_circuit_breaker_open_after_failures=2))
     try:
-        for _ in range(2):
-            upstream.script(Script(502, pieces=[b'{"error":"bad gateway"}'], framing="length"))
+        for _ in range(2):  # what a dead upstream behind a gateway looks like
+            upstream.script(Script(502, content_type="text/html", pieces=[b"<h1>502</h1>"],
+                                   framing="length"))
             assert post(proxy, "/v1/messages", {"model": "claude-haiku-4-5"})[0] == 502
         sent = len(upstream.requests)
         status, headers, body = post(proxy, "/v1/messages", {"model": "claude-haiku-4-5"})
@@ -56,6 +57,22 @@ def test_client_errors_and_rate_limits_do_not_open_it(make_settings: Any,
         upstream.script(Script(400, pieces=[b"{}"], framing="length"))
         assert post(proxy, "/v1/messages", {"model": "claude-haiku-4-5"})[0] == 429
         assert post(proxy, "/v1/messages", {"model": "claude-haiku-4-5"})[0] == 400
+        assert post(proxy, "/v1/messages", {"model": "claude-haiku-4-5"})[0] == 200
+        assert get(proxy.url, "/admin/breakers")[1]["breakers"][0]["state"] == "closed"
+    finally:
+        proxy.stop()
+
+
+def test_application_errors_from_a_working_upstream_do_not_open_it(
+        make_settings: Any, upstream: FakeUpstream) -> None:
+    # CLIProxyAPI answers e.g. an unknown model with a JSON 502: one client's mistake must
+    # not shut every other client out.
+    proxy = start_proxy(make_settings(upstream_circuit_breaker_open_after_failures=1))
+    try:
+        for _ in range(3):
+            upstream.script(Script(502, pieces=[b'{"error":"unknown provider for model x"}'],
+                                   framing="length"))
+            assert post(proxy, "/v1/messages", {"model": "x"})[0] == 502
         assert post(proxy, "/v1/messages", {"model": "claude-haiku-4-5"})[0] == 200
         assert get(proxy.url, "/admin/breakers")[1]["breakers"][0]["state"] == "closed"
     finally:

@@ -42,7 +42,7 @@ def test_absolute_form_target_keeps_its_raw_path(proxy: RunningProxy,
     url = urlsplit(proxy.url)
     with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
         sock.sendall(b"GET http://example.test/v1/models/a%2Fb%3Fx?alt=sse HTTP/1.1\r\n"
-                     b"Host: example.test\r\nConnection: close\r\n\r\n")
+                     b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
         while sock.recv(65536):
             pass
     assert (upstream.last().path, upstream.last().query) == ("/v1/models/a%2Fb%3Fx", "alt=sse")
@@ -143,10 +143,16 @@ def test_no_user_agent_of_our_own_and_query_credentials_swapped(
         proxy: RunningProxy, upstream: FakeUpstream) -> None:
     url = urlsplit(proxy.url)
     with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(b"GET /v1/models?auth_token=client-secret&x=1 HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(b"GET /v1/models?auth_token=client-secret&x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Connection: close\r\n\r\n")
         while sock.recv(65536):
             pass
     rec = upstream.last()
     assert rec.header("User-Agent") is None
     assert rec.query == "auth_token=upstream-secret&x=1"
+
+
+def test_percent_encoded_credential_parameters_are_swapped_too(
+        proxy: RunningProxy, upstream: FakeUpstream) -> None:
+    request(proxy, "GET", "/v1beta/models?%6Bey=client-secret&auth%5Ftoken=other&x=1")
+    assert upstream.last().query == "key=upstream-secret&auth_token=upstream-secret&x=1"

@@ -143,7 +143,7 @@ def test_oversized_bodies_get_413_and_no_row(make_settings, upstream: FakeUpstre
         url = urlsplit(proxy.url)
         with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
             chunk = b'{"model":"gpt-5","pad":"' + b"y" * 120 + b'"}'
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
                          + b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk))
             reply = b""

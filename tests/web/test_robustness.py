@@ -47,12 +47,12 @@ def test_malformed_http_is_answered_and_the_server_lives_on(proxy: RunningProxy)
     # waitress drops these connections (silently, or with a 4xx); what matters is that
     # the proxy keeps serving afterwards.
     raw_exchange(proxy, b"NOT HTTP AT ALL\r\nConnection: close\r\n\r\n")
-    raw_exchange(proxy, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 300_000
+    raw_exchange(proxy, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 300_000
                  + b"\r\n\r\n")
-    odd = (b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nUser-Agent: \xff\xfe junk\r\n"
+    odd = (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: \xff\xfe junk\r\n"
            b"X-Agent-Name: \xe2\x98\x83\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
     assert raw_exchange(proxy, odd).startswith(b"HTTP/1.1 200")
-    assert raw_exchange(proxy, b"GET /v1/%zz%%/x HTTP/1.1\r\nHost: x\r\nConnection: close"
+    assert raw_exchange(proxy, b"GET /v1/%zz%%/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close"
                                b"\r\n\r\n").startswith(b"HTTP/1.1 ")
     assert health(proxy) == 200
 
