@@ -12,11 +12,22 @@ Admin routes (all behind the admin access check; bodies are JSON objects):
 * ``DELETE /admin/api-keys/<id>`` → the record, revoked (kept for history, never deleted).
 * ``GET /admin/api-keys/<id>/usage`` → ``{id, requestCount, totalTokens, totalCostUsd}``.
 
+POST and PATCH bodies must be sent as ``Content-Type: application/json`` (parameters such
+as ``charset`` allowed), else 415 ``unsupported_media_type``: a browser can send a
+cross-site ``text/plain`` form without a CORS preflight, never an ``application/json``
+one. Strings holding control characters or lone surrogates are refused (400), and error
+messages quote offending values with :func:`ascii`, so no input can break the response.
+
 A record is ``{id, keyPrefix, name, createdAt, revokedAt, lastUsedAt, requestCount,
 allowedAccounts, allowedProviders}`` (the original's names). ``allowed_providers`` holds
-``request_logs.provider`` labels: ``openai``, ``anthropic``, ``gemini``.
+``request_logs.provider`` labels: ``openai``, ``anthropic``, ``gemini``. They name the
+API family of a call, i.e. the wire format the client speaks (OpenAI chat/Responses,
+Anthropic messages, Gemini), not the vendor of the model that serves it: CLIProxyAPI
+translates between formats, so an ``anthropic`` key may reach a GPT model through
+``/v1/messages`` and an ``openai`` key a Claude model through ``/v1/chat/completions``.
 
-Proxy side, :func:`authenticate`: see its docstring for what is accepted and when.
+Proxy side: :func:`authenticate_key` (which key, before the body is read) then
+:func:`check_provider` (may that key make this call); :func:`authenticate` composes both.
 """
 
 from __future__ import annotations
@@ -27,7 +38,8 @@ from typing import Any, Final
 from werkzeug.wrappers import Request, Response
 
 from agent_cli_proxy.log import get_logger
-from agent_cli_proxy.providers.routes import PROVIDER_LABELS
+from agent_cli_proxy.providers.routes import PROVIDER_LABELS, is_unbilled
+from agent_cli_proxy.storage import DatabaseClosedError, DatabaseError
 from agent_cli_proxy.storage import api_keys as store
 from agent_cli_proxy.storage.requests import iso_utc
 from agent_cli_proxy.web.errors import json_error, json_response
@@ -41,6 +53,11 @@ MAX_LIST_ITEMS: Final = 100
 MAX_ITEM_CHARS: Final = 200
 UNAUTHORIZED_MESSAGE: Final = "Valid Authorization Bearer token or x-api-key required."
 FORBIDDEN_PROVIDER_MESSAGE: Final = "provider not allowed for this API key"
+UNATTRIBUTED_MESSAGE: Final = ("this API key may only make calls the proxy can attribute "
+                               "to its allowed providers")
+UNSUPPORTED_MEDIA_MESSAGE: Final = "request body must be sent as Content-Type: application/json"
+_MAX_QUOTED: Final = 5  # offending values quoted in one error message
+_MAX_QUOTED_CHARS: Final = 40
 _CREATE_FIELDS: Final = frozenset({"name", "allowed_providers", "allowed_accounts"})
 _UPDATE_FIELDS: Final = _CREATE_FIELDS | {"rotate"}
 
@@ -51,6 +68,24 @@ class _BadBody(ValueError):
 
 # -- body validation ---------------------------------------------------------------------
 
+def _is_json(request: Request) -> bool:
+    """``Content-Type: application/json``, with or without parameters (any case)."""
+    return request.mimetype == "application/json"
+
+
+def _unsupported_media_type() -> Response:
+    return json_error(415, "unsupported_media_type", UNSUPPORTED_MEDIA_MESSAGE)
+
+
+def _quoted(values: list[str]) -> str:
+    """Offending values for an error message: ``ascii()`` quoted (so a lone surrogate or a
+    control character cannot break the JSON answer or forge log lines), each cut short,
+    at most a few."""
+    shown = [ascii(v[:_MAX_QUOTED_CHARS]) for v in values[:_MAX_QUOTED]]
+    more = len(values) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
 def _read_object(request: Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise _BadBody(f"body must be at most {MAX_BODY_BYTES} bytes")
@@ -59,7 +94,9 @@ def _read_object(request: Request) -> dict[str, Any]:
         raise _BadBody(f"body must be at most {MAX_BODY_BYTES} bytes")
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
+        # ValueError covers JSONDecodeError and UnicodeDecodeError; RecursionError is a
+        # deeply nested body ("[" * 60000).
         raise _BadBody("body must be a JSON object") from None
     if not isinstance(value, dict):
         raise _BadBody("body must be a JSON object")
@@ -69,7 +106,7 @@ def _read_object(request: Request) -> dict[str, Any]:
 def _check_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise _BadBody(f"unknown field(s) {', '.join(unknown)}; expected "
+        raise _BadBody(f"unknown field(s) {_quoted(unknown)}; expected "
                        f"{', '.join(sorted(allowed))}")
 
 
@@ -97,6 +134,10 @@ def _string_list(field: str, value: object) -> list[str] | None:
             raise _BadBody(f"{field} entries must be non-empty strings")
         if len(item.strip()) > MAX_ITEM_CHARS:
             raise _BadBody(f"{field} entries must be at most {MAX_ITEM_CHARS} characters")
+        if not item.strip().isprintable():
+            # Control characters would forge lines in listings and logs; lone surrogates
+            # (from "\ud800" escapes) cannot even be stored as UTF-8.
+            raise _BadBody(f"{field} entries must not contain control characters")
         items.append(item.strip())
     return list(dict.fromkeys(items))
 
@@ -107,7 +148,7 @@ def _providers(value: object) -> list[str] | None:
         providers = [p.lower() for p in providers]
         unknown = sorted(set(providers) - PROVIDERS)
         if unknown:
-            raise _BadBody(f"allowed_providers: unknown provider(s) {', '.join(unknown)}; "
+            raise _BadBody(f"allowed_providers: unknown provider(s) {_quoted(unknown)}; "
                            f"expected {', '.join(sorted(PROVIDERS))}")
         providers = list(dict.fromkeys(providers))
     return providers
@@ -129,6 +170,8 @@ def _now_iso(services: ProxyServices) -> str:
 
 def create(services: ProxyServices, request: Request) -> Response:
     """``POST /admin/api-keys``."""
+    if not _is_json(request):
+        return _unsupported_media_type()
     try:
         body = _read_object(request)
         _check_fields(body, _CREATE_FIELDS)
@@ -159,6 +202,8 @@ def get_one(services: ProxyServices, request: Request, key_id: int) -> Response:
 
 def update(services: ProxyServices, request: Request, key_id: int) -> Response:
     """``PATCH /admin/api-keys/<id>``."""
+    if not _is_json(request):
+        return _unsupported_media_type()
     try:
         body = _read_object(request)
         _check_fields(body, _UPDATE_FIELDS)
@@ -233,44 +278,101 @@ def presented_keys(request: Request) -> list[str]:
     return [k for k in dict.fromkeys(found) if k]
 
 
-def authenticate(services: ProxyServices, request: Request, provider: str | None
-                 ) -> tuple[int | None, Response | None]:
-    """Which managed key the request uses, or the response refusing it.
+def authenticate_key(services: ProxyServices, request: Request
+                     ) -> tuple[store.KeyRecord | None, Response | None]:
+    """Which managed key the request presents, or the response refusing it.
 
-    Returns ``(key_id, None)`` to proceed (record ``key_id`` in the row; None: no managed
-    key) or ``(None, response)`` to answer with *response* without forwarding.
+    Looks at headers and query only, so it can run before the body is read. Returns
+    ``(record, None)`` to proceed (record: the valid key, or None when no managed key is
+    in use) or ``(None, response)`` to answer with *response* without forwarding.
 
     * ``PROXY_REQUIRE_API_KEY`` true: one of :func:`presented_keys` must be a valid,
       non-revoked managed key, else 401 ``invalid_api_key``.
-    * false: keys are optional. A valid one is recorded; anything else (the client's own
-      provider key, a revoked or unknown key) is ignored and the request proceeds.
-    * Either way, a valid key limited to other providers than *provider* gets 403
-      ``provider_not_allowed``: a key's limits hold wherever it is presented. *provider*
-      is the ``request_logs.provider`` label of an LLM call; None (a call that is not
-      recorded: model lists, token counting) skips the provider check.
+    * false: keys are optional. A valid one is returned (and recorded in the row);
+      anything else (the client's own provider key, a revoked or unknown key) is ignored
+      and the request proceeds without one.
+
+    What the key may do is :func:`check_provider`'s business.
+    """
+    require = services.settings.proxy_require_api_key
+    candidates = presented_keys(request)
+    now_s = services.clock.time()
+    for candidate in candidates:
+        try:
+            record = store.verify_key(services.db, candidate, now_s=now_s)
+        except (DatabaseError, DatabaseClosedError):
+            _log.exception("proxy.api_key_check_failed", path=request.path)
+            if not require:
+                return None, None  # keys are optional: serve, unattributed
+            return None, json_error(503, "key_check_unavailable",
+                                    "the proxy cannot check API keys right now; try again")
+        if record is not None:
+            return record, None
+    if not require:
+        return None, None
+    _log.info("proxy.api_key_rejected", reason="invalid" if candidates else "missing",
+              path=request.path)
+    response = json_error(401, "invalid_api_key", UNAUTHORIZED_MESSAGE)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="agent-cli-proxy"'
+    return None, response
+
+
+def check_provider(record: store.KeyRecord | None, method: str, path: str,
+                   provider: str | None) -> Response | None:
+    """None if the key *record* may make this call, else the 403 refusing it.
+
+    *provider* is the ``request_logs.provider`` label of the call as classified
+    (:func:`agent_cli_proxy.providers.routes.classify`), or None when it is not an LLM
+    call; *method* and *path* are the request's (the path the call was classified on).
+
+    ``allowed_providers`` limits the API family of the call, i.e. the wire format the
+    client speaks (``openai``: chat completions/Responses, ``anthropic``: messages,
+    ``gemini``: generateContent), not the vendor of the model: CLIProxyAPI translates
+    between formats, so which model serves the call is the ``model`` field's business.
+
+    * No key, or a key without ``allowed_providers``: every call is allowed, on every path.
+    * A restricted key and an LLM call: allowed if *provider* is in its list, else 403
+      ``provider_not_allowed`` (a key's limits hold wherever it is presented).
+    * A restricted key and a call that is not an LLM call: it fails closed. Only requests
+      known to cost nothing (:func:`agent_cli_proxy.providers.routes.is_unbilled`: model
+      lists, token counting, ``/``) pass; anything else (embeddings, images, routes the
+      proxy does not know) could be billed without a row the key's limits can apply to,
+      so it gets 403 ``provider_not_allowed``.
 
     ``allowed_accounts`` is not enforced here: the account serving a call is only known
     from CLIProxyAPI afterwards.
     """
-    require = services.settings.proxy_require_api_key
-    candidates = presented_keys(request)
-    record: store.KeyRecord | None = None
-    now_s = services.clock.time()
-    for candidate in candidates:
-        record = store.verify_key(services.db, candidate, now_s=now_s)
-        if record is not None:
-            break
-    if record is None:
-        if not require:
-            return None, None
-        _log.info("proxy.api_key_rejected", reason="invalid" if candidates else "missing",
-                  path=request.path)
-        response = json_error(401, "invalid_api_key", UNAUTHORIZED_MESSAGE)
-        response.headers["WWW-Authenticate"] = 'Bearer realm="agent-cli-proxy"'
-        return None, response
-    if provider is not None and not record.allows_provider(provider):
+    if record is None or record.allowed_providers is None:
+        return None
+    if provider is not None:
+        if record.allows_provider(provider):
+            return None
         _log.info("proxy.api_key_provider_refused", key_id=record.id,
-                  key_prefix=record.key_prefix, provider=provider, path=request.path)
-        return None, json_error(403, "provider_not_allowed", FORBIDDEN_PROVIDER_MESSAGE,
-                                provider=provider)
-    return record.id, None
+                  key_prefix=record.key_prefix, provider=provider, path=path)
+        return json_error(403, "provider_not_allowed", FORBIDDEN_PROVIDER_MESSAGE,
+                          provider=provider)
+    if is_unbilled(method, path):
+        return None
+    _log.info("proxy.api_key_unattributed_refused", key_id=record.id,
+              key_prefix=record.key_prefix, method=method, path=path)
+    return json_error(403, "provider_not_allowed", UNATTRIBUTED_MESSAGE)
+
+
+def authenticate(services: ProxyServices, request: Request, provider: str | None
+                 ) -> tuple[int | None, Response | None]:
+    """:func:`authenticate_key` then :func:`check_provider` on ``request.method`` and
+    ``request.path``.
+
+    Returns ``(key_id, None)`` to proceed (record ``key_id`` in the row; None: no managed
+    key) or ``(None, response)`` to answer with *response* without forwarding. *provider*
+    is the ``request_logs.provider`` label of an LLM call, or None for a request that is
+    not one; a key restricted by ``allowed_providers`` (which limits the API family of the
+    call, not the model's vendor) then only passes requests known to cost nothing.
+    """
+    record, refused = authenticate_key(services, request)
+    if refused is not None:
+        return None, refused
+    refused = check_provider(record, request.method, request.path, provider)
+    if refused is not None:
+        return None, refused
+    return (record.id if record is not None else None), None

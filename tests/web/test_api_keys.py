@@ -144,6 +144,21 @@ BAD_BODIES = [
     ({"name": "k", "allowed_accounts": ["a" * 201]}, "at most 200"),
     ({"name": "k", "allowed_accounts": [f"a{i}" for i in range(101)]}, "at most 100"),
     ({"name": "k", "allowedProviders": ["openai"]}, "unknown field"),
+    # Nesting deeper than json.loads can recurse: RecursionError, not a 500.
+    (b"[" * 60000, "JSON object"),
+    (b'{"name":"k","x":' + b"[" * 30000 + b"]" * 30000 + b"}", "JSON object"),
+    # Lone surrogates (from \ud800 escapes) and control characters: refused, and the
+    # error message survives them.
+    ({"name": "\ud800"}, "control characters"),
+    ({"name": "a\udfffb"}, "control characters"),
+    ({"name": "k", "allowed_accounts": ["\ud800"]}, "control characters"),
+    ({"name": "k", "allowed_accounts": ["me@example.com", "a\u0007b"]}, "control characters"),
+    ({"name": "k", "allowed_accounts": ["a\u2028b"]}, "control characters"),
+    ({"name": "k", "allowed_providers": ["\ud800"]}, "control characters"),
+    ({"name": "k", "allowed_providers": ["open\u0000ai"]}, "control characters"),
+    ({"name": "k", "\ud800": 1}, "unknown field"),
+    ({"name": "k", "x\u001b[2J\ny": 1}, "unknown field"),
+    ({"name": "k", "allowed_providers": ["\u00e9\ud83d"]}, "control characters"),
 ]
 
 
@@ -248,8 +263,9 @@ def services(make_settings: Callable[..., Settings], key_db: Database
         app.close()
 
 
-def request(headers: dict[str, str] | None = None, query: str = "") -> Request:
-    builder = EnvironBuilder(path="/v1/messages", method="POST",
+def request(headers: dict[str, str] | None = None, query: str = "", *,
+            method: str = "POST", path: str = "/v1/messages") -> Request:
+    builder = EnvironBuilder(path=path, method=method,
                              headers=list((headers or {}).items()),
                              query_string=query, data=b"{}")
     try:
@@ -333,7 +349,10 @@ def test_provider_limits_hold_whether_or_not_keys_are_required(
     auth = {"x-api-key": key}
     assert api_keys.authenticate(svc, request(auth), "anthropic") == (key_id, None)
     assert api_keys.authenticate(svc, request(auth), "gemini") == (key_id, None)
-    assert api_keys.authenticate(svc, request(auth), None) == (key_id, None)  # not an LLM call
+    # Not an LLM call, and known to cost nothing (a POST to /v1/messages with provider None
+    # is something else since restricted keys fail closed: see the tests below).
+    assert api_keys.authenticate(svc, request(auth, method="GET", path="/v1/models"),
+                                 None) == (key_id, None)
     got_id, response = api_keys.authenticate(svc, request(auth), "openai")
     assert got_id is None and response is not None and response.status_code == 403
     error = json.loads(response.get_data())["error"]
@@ -371,3 +390,212 @@ def test_provider_labels_match_the_cli_choices() -> None:
     from agent_cli_proxy.cli.api_keys import PROVIDER_CHOICES
 
     assert set(PROVIDER_CHOICES) == set(PROVIDER_LABELS.values()) == api_keys.PROVIDERS
+
+
+# -- admin bodies: error messages, media type ---------------------------------------------
+
+def send_raw(proxy: RunningProxy, method: str, target: str, body: bytes,
+             headers: dict[str, str]) -> tuple[int, Any]:
+    """One request with exactly *headers* (no default Content-Type)."""
+    parts = urlsplit(proxy.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    try:
+        conn.request(method, target, body=body, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, json.loads(raw) if raw else None
+    finally:
+        conn.close()
+
+
+def test_error_messages_quote_offending_values_safely(proxy: RunningProxy) -> None:
+    status, answer = call(proxy, "POST", "/admin/api-keys",
+                          b'{"name":"k","\\ud800x":1,"zz\\u0007":2}')
+    assert status == 400
+    message = answer["error"]["message"]
+    assert message.startswith("unknown field(s) 'zz\\x07', '\\ud800x'; expected ")
+    assert message.isascii() and message.isprintable()
+    status, answer = call(proxy, "POST", "/admin/api-keys",
+                          {"name": "k", "allowed_providers": ["claude", "Mistral"]})
+    assert status == 400
+    assert "unknown provider(s) 'claude', 'mistral'; expected" in answer["error"]["message"]
+    many = {f"f{i:03}" + "x" * 100: 1 for i in range(50)}
+    status, answer = call(proxy, "POST", "/admin/api-keys", {"name": "k", **many})
+    assert status == 400 and "and 45 more" in answer["error"]["message"]
+    assert len(answer["error"]["message"]) < 500
+    assert call(proxy, "GET", "/admin/api-keys")[1] == {"apiKeys": []}
+
+
+def test_printable_unicode_is_accepted(proxy: RunningProxy) -> None:
+    status, created = call(proxy, "POST", "/admin/api-keys",
+                           {"name": "Zo\u00eb's laptop \U0001f4bb",
+                            "allowed_accounts": ["j\u00fcrgen@example.com"]})
+    assert status == 201
+    assert created["name"] == "Zo\u00eb's laptop \U0001f4bb"
+    assert created["allowedAccounts"] == ["j\u00fcrgen@example.com"]
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "text/plain;charset=UTF-8",
+                                          "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x",
+                                          "application/jsonx", "application/json-patch+json"])
+def test_create_requires_json_content_type(proxy: RunningProxy,
+                                           content_type: str | None) -> None:
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    status, answer = send_raw(proxy, "POST", "/admin/api-keys", b'{"name":"csrf"}', headers)
+    assert status == 415, answer
+    assert answer["error"]["code"] == "unsupported_media_type"
+    assert call(proxy, "GET", "/admin/api-keys")[1] == {"apiKeys": []}
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "Application/JSON ; charset=UTF-8"])
+def test_json_content_type_with_parameters_is_accepted(proxy: RunningProxy,
+                                                      content_type: str) -> None:
+    status, created = send_raw(proxy, "POST", "/admin/api-keys", b'{"name":"ok"}',
+                               {"Content-Type": content_type})
+    assert status == 201 and created["name"] == "ok"
+    status, updated = send_raw(proxy, "PATCH", f"/admin/api-keys/{created['id']}",
+                               b'{"name":"ok-2"}', {"Content-Type": content_type})
+    assert status == 200 and updated["name"] == "ok-2"
+
+
+def test_patch_requires_json_content_type(proxy: RunningProxy) -> None:
+    _, created = call(proxy, "POST", "/admin/api-keys", {"name": "keep"})
+    target = f"/admin/api-keys/{created['id']}"
+    for headers in ({}, {"Content-Type": "text/plain"}):
+        status, answer = send_raw(proxy, "PATCH", target, b'{"rotate":true,"name":"x"}',
+                                  headers)
+        assert status == 415 and answer["error"]["code"] == "unsupported_media_type"
+    _, one = call(proxy, "GET", target)
+    assert one == {k: v for k, v in created.items() if k != "key"}
+    assert store.verify_key(proxy.db, created["key"]) is not None  # not rotated
+
+
+def test_reads_and_deletes_need_no_content_type(proxy: RunningProxy) -> None:
+    _, created = call(proxy, "POST", "/admin/api-keys", {"name": "k"})
+    assert send_raw(proxy, "GET", "/admin/api-keys", b"", {})[0] == 200
+    assert send_raw(proxy, "DELETE", f"/admin/api-keys/{created['id']}", b"", {})[0] == 200
+
+
+# -- authenticate_key / check_provider: the split check ----------------------------------
+
+class _Unreadable:
+    """A request body that fails the test if anything reads it."""
+
+    def read(self, *args: Any) -> bytes:
+        raise AssertionError("the body was read")
+
+    readline = read
+
+
+def unread_request(headers: dict[str, str]) -> Request:
+    builder = EnvironBuilder(path="/v1/messages", method="POST",
+                             headers=list(headers.items()))
+    try:
+        environ = builder.get_environ()
+    finally:
+        builder.close()
+    environ["wsgi.input"] = _Unreadable()
+    environ["CONTENT_LENGTH"] = "100"
+    return Request(environ)
+
+
+@pytest.mark.parametrize("require", [True, False])
+def test_authenticate_key_reads_no_body(services: Callable[..., ProxyServices],
+                                        key_db: Database, require: bool) -> None:
+    svc = services(require)
+    key_id, key = new_key(key_db, ["anthropic"])
+    record, refused = api_keys.authenticate_key(svc, unread_request({"x-api-key": key}))
+    assert refused is None and record is not None
+    assert (record.id, record.allowed_providers) == (key_id, ("anthropic",))
+    record, refused = api_keys.authenticate_key(
+        svc, unread_request({"Authorization": "Bearer sk-upstream"}))
+    assert record is None
+    if require:
+        assert refused is not None and refused.status_code == 401
+        assert_401((None, refused))
+    else:
+        assert refused is None
+
+
+def test_authenticate_key_ignores_revoked_keys_when_optional(
+        services: Callable[..., ProxyServices], key_db: Database) -> None:
+    svc = services(False)
+    key_id, key = new_key(key_db)
+    store.revoke_key(key_db, key_id, "2026-11-21T00:00:00.000Z")
+    assert api_keys.authenticate_key(svc, request({"x-api-key": key})) == (None, None)
+
+
+def _record(providers: tuple[str, ...] | None) -> store.KeyRecord:
+    return store.KeyRecord(id=7, name="k", key_prefix="abcd1234", allowed_providers=providers,
+                           allowed_accounts=None)
+
+
+UNBILLED = [("GET", "/v1/models"), ("HEAD", "/"), ("GET", "/v1beta/models/gemini-2.5-pro"),
+            ("POST", "/v1/messages/count_tokens"),
+            ("POST", "/v1beta/models/gemini-2.5-pro:countTokens"),
+            ("GET", "/api/provider/openai/v1/models")]
+POSSIBLY_BILLED = [("POST", "/v1/embeddings"), ("POST", "/v1/images/generations"),
+                   ("POST", "/v1beta/interactions"), ("POST", "/v1/videos"),
+                   ("POST", "/v1beta/models/gemini-2.5-pro:embedContent"),
+                   ("GET", "/v0/management/config"), ("POST", "/api/internal"),
+                   ("PUT", "/v1/messages"), ("POST", "/v1/messages")]
+
+
+@pytest.mark.parametrize(("method", "path"), UNBILLED + POSSIBLY_BILLED)
+@pytest.mark.parametrize("provider", [None, "openai", "anthropic", "gemini"])
+def test_no_key_or_unrestricted_key_may_do_anything(method: str, path: str,
+                                                    provider: str | None) -> None:
+    assert api_keys.check_provider(None, method, path, provider) is None
+    assert api_keys.check_provider(_record(None), method, path, provider) is None
+
+
+@pytest.mark.parametrize(("method", "path"), UNBILLED)
+def test_restricted_key_may_make_unbilled_requests(method: str, path: str) -> None:
+    assert api_keys.check_provider(_record(("anthropic",)), method, path, None) is None
+    # Even a key whose allow-list could not be read (it allows no provider).
+    assert api_keys.check_provider(_record(()), method, path, None) is None
+
+
+@pytest.mark.parametrize(("method", "path"), POSSIBLY_BILLED)
+def test_restricted_key_fails_closed_on_unattributed_calls(method: str, path: str) -> None:
+    response = api_keys.check_provider(_record(("anthropic", "openai")), method, path, None)
+    assert response is not None and response.status_code == 403
+    assert json.loads(response.get_data()) == {"error": {
+        "type": "proxy_error", "code": "provider_not_allowed",
+        "message": "this API key may only make calls the proxy can attribute to its "
+                   "allowed providers"}}
+
+
+def test_restricted_key_and_attributed_calls() -> None:
+    record = _record(("anthropic",))
+    assert api_keys.check_provider(record, "POST", "/v1/messages", "anthropic") is None
+    response = api_keys.check_provider(record, "POST", "/v1/chat/completions", "openai")
+    assert response is not None and response.status_code == 403
+    assert json.loads(response.get_data())["error"] == {
+        "type": "proxy_error", "code": "provider_not_allowed",
+        "message": "provider not allowed for this API key", "provider": "openai"}
+    response = api_keys.check_provider(_record(()), "POST", "/v1/messages", "anthropic")
+    assert response is not None and response.status_code == 403
+
+
+@pytest.mark.parametrize("require", [True, False])
+def test_authenticate_composes_both_checks(services: Callable[..., ProxyServices],
+                                           key_db: Database, require: bool) -> None:
+    svc = services(require)
+    limited_id, limited = new_key(key_db, ["openai"])
+    open_id, unlimited = new_key(key_db)
+    embeddings = {"method": "POST", "path": "/v1/embeddings"}
+    got_id, response = api_keys.authenticate(svc, request({"x-api-key": limited},
+                                                          **embeddings), None)
+    assert got_id is None and response is not None and response.status_code == 403
+    assert json.loads(response.get_data())["error"]["code"] == "provider_not_allowed"
+    assert api_keys.authenticate(svc, request({"x-api-key": unlimited}, **embeddings),
+                                 None) == (open_id, None)
+    count = {"method": "POST", "path": "/v1/messages/count_tokens"}
+    assert api_keys.authenticate(svc, request({"x-api-key": limited}, **count),
+                                 None) == (limited_id, None)
+    chat = {"path": "/v1/chat/completions"}
+    assert api_keys.authenticate(svc, request({"x-api-key": limited}, **chat),
+                                 "openai") == (limited_id, None)

@@ -19,8 +19,9 @@ import pytest
 
 from agent_cli_proxy.config import Settings
 from agent_cli_proxy.storage import api_keys as store
+from tests import wire
 from tests.conftest import RunningProxy, start_proxy
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, Script
 from tests.web.test_relay_formats import post
 
 Call = tuple[str, dict[str, Any]]
@@ -42,11 +43,11 @@ def make_key(proxy: RunningProxy, providers: list[str] | None = None) -> tuple[i
     return int(record["id"]), key
 
 
-def get(proxy: RunningProxy, target: str, headers: dict[str, str]) -> int:
+def get(proxy: RunningProxy, target: str, headers: dict[str, str], method: str = "GET") -> int:
     parts = urlsplit(proxy.url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
     try:
-        conn.request("GET", target, headers=headers)
+        conn.request(method, target, headers=headers)
         resp = conn.getresponse()
         resp.read()
         return resp.status
@@ -142,3 +143,91 @@ def test_keys_optional_when_not_required(proxy: RunningProxy, upstream: FakeUpst
     rows = proxy.final_rows(3)
     assert [r["proxy_api_key_id"] for r in rows] == [None, None, key_id]
     assert all(key not in v for _, v in upstream.last().headers)
+
+
+UNATTRIBUTED = ("this API key may only make calls the proxy can attribute to its allowed "
+                "providers")
+
+
+def canned(reply: wire.Canned) -> Script:
+    return Script(content_type=reply.content_type, pieces=reply.pieces, framing="length")
+
+
+@pytest.mark.parametrize("require", [True, False])
+def test_restricted_key_fails_closed_on_calls_without_a_row(
+        make_settings: Callable[..., Settings], upstream: FakeUpstream, require: bool) -> None:
+    running = start_proxy(make_settings(proxy_require_api_key=require))
+    try:
+        _, key = make_key(running, ["anthropic", "openai", "gemini"])
+        auth = {"Authorization": f"Bearer {key}"}
+        for path, body in (("/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"}),
+                           ("/v1/images/generations", {"model": "gpt-image-1", "prompt": "x"}),
+                           ("/v1beta/interactions", {"model": "gemini-2.5-pro"}),
+                           ("/v1beta/models/gemini-2.5-pro:embedContent", {})):
+            status, _, answer = post(running, path, body, auth)
+            assert status == 403, path
+            assert error_code(answer) == "provider_not_allowed"
+            assert json.loads(answer)["error"]["message"] == UNATTRIBUTED
+        assert get(running, "/api/user", auth) == 403  # an Amp management route
+        assert upstream.requests == [] and running.rows() == []
+        # Requests known to cost nothing still pass.
+        assert get(running, "/v1/models", auth) == 200
+        assert get(running, "/v1/models", auth, method="HEAD") != 403
+        status, _, _ = post(running, "/v1/messages/count_tokens",
+                            {"model": "claude-sonnet-4-5", "messages": []}, {"x-api-key": key})
+        assert status == 200
+        assert [r.path for r in upstream.requests][-1] == "/v1/messages/count_tokens"
+        assert running.rows() == []
+    finally:
+        running.stop()
+
+
+def test_unrestricted_key_may_call_anything(strict: RunningProxy,
+                                            upstream: FakeUpstream) -> None:
+    _, key = make_key(strict)
+    status, _, _ = post(strict, "/v1/embeddings", {"model": "e", "input": "x"},
+                        {"Authorization": f"Bearer {key}"})
+    assert status == 404  # the fake upstream's answer: the call was forwarded
+    assert upstream.last().path == "/v1/embeddings"
+
+
+def test_amp_provider_routes_are_recorded_and_limited(strict: RunningProxy,
+                                                      upstream: FakeUpstream) -> None:
+    key_id, key = make_key(strict, ["anthropic"])
+    upstream.script(canned(wire.messages_json()))
+    status, _, _ = post(strict, "/api/provider/anthropic/v1/messages", CLAUDE[1],
+                        {"x-api-key": key})
+    assert status == 200
+    assert upstream.last().path == "/api/provider/anthropic/v1/messages"
+    (row,) = strict.final_rows()
+    assert (row["provider"], row["proxy_api_key_id"]) == ("anthropic", key_id)
+    assert row["requested_model"] == "claude-sonnet-4-5" and row["total_tokens"] > 0
+    for path in ("/api/provider/openai/v1/chat/completions",
+                 "/api/provider/groq/chat/completions", "/api/provider/openai/v1/responses"):
+        status, _, answer = post(strict, path, GPT[1], {"x-api-key": key})
+        assert status == 403, path
+        assert json.loads(answer)["error"]["message"] == "provider not allowed for this API key"
+    assert len(upstream.requests) == 1
+
+
+def test_legacy_completions_and_compact_are_recorded(strict: RunningProxy,
+                                                     upstream: FakeUpstream) -> None:
+    key_id, key = make_key(strict, ["openai"])
+    auth = {"Authorization": f"Bearer {key}"}
+    upstream.script(canned(wire.chat_json()))
+    assert post(strict, "/v1/completions", {"model": "gpt-5", "prompt": "hi"}, auth)[0] == 200
+    upstream.script(canned(wire.responses_json()))
+    assert post(strict, "/v1/responses/compact", {"model": "gpt-5", "input": []}, auth)[0] == 200
+    rows = strict.final_rows(2)
+    assert [(r["provider"], r["path"], r["proxy_api_key_id"]) for r in rows] == [
+        ("openai", "/v1/completions", key_id), ("openai", "/v1/responses/compact", key_id)]
+    assert all(r["total_tokens"] > 0 for r in rows)
+
+
+def test_unstorable_model_names_still_get_a_row(proxy: RunningProxy) -> None:
+    body = b'{"model":"\\ud800gpt\\u0000' + b"x" * 500 + b'","messages":[]}'
+    status, _, _ = post(proxy, "/v1/chat/completions", body)
+    assert status == 200
+    (row,) = proxy.final_rows()
+    assert row["requested_model"] == "?gpt?" + "x" * 195
+    assert row["lifecycle_status"] == "completed"
