@@ -90,7 +90,8 @@ ROUTES: dict[str, tuple[str, list[str] | None, Handler]] = {
     "proxy": ("/", None, _proxy),
 }
 _PROXY_PREFIXES = ("/v1/<path:rest>", "/v1beta/<path:rest>", "/v1alpha/<path:rest>",
-                   "/v1internal:<rest>", "/api/<path:rest>")
+                   "/v1internal:<rest>", "/api/<path:rest>",
+                   "/backend-api/codex/<path:rest>")  # Codex's ChatGPT-login routes
 
 URL_MAP = Map(
     [Rule(path, endpoint=name, methods=methods) for name, (path, methods, _) in ROUTES.items()]

@@ -118,20 +118,30 @@ def _api_key(request: Request) -> str | None:
 
 def handle(services: ProxyServices, request: Request) -> WSGIApp:
     settings = services.settings
+    if _ambiguous(request.path):
+        return json_error(400, "ambiguous_path",
+                          "request path must not contain '.', '..' or empty segments")
+    # The key first: an unauthenticated client must not make the proxy read its body.
+    record, refused = api_keys.authenticate_key(services, request)
+    if refused is not None:
+        return refused
     limit = settings.max_request_body_bytes
     body = _read_body(request, limit)
     if body is None:
         return json_error(413, "request_too_large", f"request body exceeds {limit} bytes",
                           limit=limit)
-    if _ambiguous(request.path):
-        return json_error(400, "ambiguous_path",
-                          "request path must not contain '.', '..' or empty segments")
     path, query = _target(request)
     # Classified on the decoded path: the one the upstream will route on.
     call = classify(request.method, request.path, body)
-    key_id, refused = api_keys.authenticate(services, request, call.provider if call else None)
+    if call is not None and call.ambiguous:
+        # The proxy would record one model while the upstream serves another.
+        return json_error(400, "ambiguous_body",
+                          'the body repeats a top-level "model" or "stream" key')
+    refused = api_keys.check_provider(record, request.method, request.path,
+                                      call.provider if call else None)
     if refused is not None:
         return refused
+    key_id = record.id if record is not None else None
     transform: Transform | None = None
     if call is not None and call.family is Family.OPENAI_CHAT and call.stream:
         injected = inject_include_usage(body)
@@ -139,6 +149,11 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
             body, transform = injected, UsageChunkFilter()
     recorder = (_start_recording(services, request, call, path, key_id)
                 if call is not None else None)
+    if recorder is not None and recorder.row_id is None and settings.proxy_require_api_key:
+        # With client keys, usage per key is the point: never serve a call unrecorded.
+        recorder.fail(503, "recording_failed", "the call could not be recorded")
+        return json_error(503, "recording_failed",
+                          "the proxy could not record this call; try again")
     try:
         return _forward(services, request, call, recorder, body, path, query, transform)
     except Exception as exc:

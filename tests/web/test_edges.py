@@ -156,3 +156,47 @@ def test_percent_encoded_credential_parameters_are_swapped_too(
         proxy: RunningProxy, upstream: FakeUpstream) -> None:
     request(proxy, "GET", "/v1beta/models?%6Bey=client-secret&auth%5Ftoken=other&x=1")
     assert upstream.last().query == "key=upstream-secret&auth_token=upstream-secret&x=1"
+
+
+def test_a_body_repeating_model_is_refused(proxy: RunningProxy, upstream: FakeUpstream) -> None:
+    # The proxy would record the last model while CLIProxyAPI serves the first.
+    status, _, body = request(proxy, "POST", "/v1/messages",
+                              b'{"model":"claude-opus-4-1","model":"claude-haiku-4-5"}',
+                              {"Content-Type": "application/json"})
+    assert status == 400
+    assert json.loads(body)["error"]["code"] == "ambiguous_body"
+    assert upstream.requests == [] and proxy.rows() == []
+
+
+def test_codex_chatgpt_login_route_is_recorded(proxy: RunningProxy,
+                                               upstream: FakeUpstream) -> None:
+    upstream.script(Script(pieces=[b'{"id":"r","object":"response","model":"gpt-5-codex",'
+                                   b'"usage":{"input_tokens":10,"output_tokens":2}}'],
+                           framing="length"))
+    status, _, _ = request(proxy, "POST", "/backend-api/codex/responses",
+                           b'{"model":"gpt-5-codex","input":"hi"}',
+                           {"Content-Type": "application/json"})
+    assert status == 200
+    assert upstream.last().path == "/backend-api/codex/responses"
+    (row,) = proxy.final_rows()
+    assert (row["provider"], row["prompt_tokens"], row["completion_tokens"]) == ("openai", 10, 2)
+
+
+def test_with_client_keys_an_unrecordable_call_is_refused(make_settings,
+                                                          upstream: FakeUpstream) -> None:
+    from agent_cli_proxy.storage.api_keys import create_key
+    proxy = start_proxy(make_settings(proxy_require_api_key=True))
+    try:
+        _, key = create_key(proxy.db, "k", allowed_providers=None, allowed_accounts=None,
+                            now_iso="2026-11-21T00:00:00.000Z")
+        with proxy.db.write() as conn:  # keys still check out, but rows cannot be written
+            conn.execute("ALTER TABLE request_logs RENAME TO request_logs_gone")
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        status, _, body = request(proxy, "POST", "/v1/messages", b'{"model":"m"}', headers)
+        assert (status, json.loads(body)["error"]["code"]) == (503, "recording_failed")
+        assert upstream.requests == []  # never served unrecorded
+        proxy.db.close()  # and with no database at all, keys cannot be checked: 503 too
+        status, _, body = request(proxy, "POST", "/v1/messages", b'{"model":"m"}', headers)
+        assert (status, json.loads(body)["error"]["code"]) == (503, "key_check_unavailable")
+    finally:
+        proxy.stop()
