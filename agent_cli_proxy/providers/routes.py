@@ -286,3 +286,14 @@ def _model_of(obj: dict[str, object] | None) -> str | None:
         return None
     model = obj.get("model")
     return storable_model(model) if isinstance(model, str) and model else None
+
+
+def error_style(path: str) -> str:
+    """Which API family's error shape a client calling *path* understands:
+    ``anthropic``, ``gemini`` or ``openai`` (the default, also for non-LLM paths)."""
+    if "/messages" in path:
+        return "anthropic"
+    if path.startswith(("/v1beta/", "/v1alpha/", "/v1internal:")) or ":generateContent" in (
+            path) or ":streamGenerateContent" in path or "/v1beta1/" in path:
+        return "gemini"
+    return "openai"

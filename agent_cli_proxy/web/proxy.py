@@ -14,6 +14,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
+from agent_cli_proxy.config import Settings
 from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.providers.forwarding import (
@@ -22,7 +23,7 @@ from agent_cli_proxy.providers.forwarding import (
     upstream_request_headers,
 )
 from agent_cli_proxy.providers.openai_chat import UsageChunkFilter, inject_include_usage
-from agent_cli_proxy.providers.routes import Family, LLMCall, classify
+from agent_cli_proxy.providers.routes import Family, LLMCall, classify, error_style
 from agent_cli_proxy.upstream.breaker import Admission, Breaker
 from agent_cli_proxy.upstream.capture import UsageCapture
 from agent_cli_proxy.upstream.client import SendHandle, Timeouts, UpstreamError
@@ -30,7 +31,7 @@ from agent_cli_proxy.upstream.relay import Relay, RelayResult, Transform
 from agent_cli_proxy.usage.identify import identify
 from agent_cli_proxy.web import api_keys
 from agent_cli_proxy.web.addresses import client_address
-from agent_cli_proxy.web.errors import json_error
+from agent_cli_proxy.web.errors import client_error
 from agent_cli_proxy.web.recorder import CallRecorder
 from agent_cli_proxy.web.services import ProxyServices
 
@@ -118,8 +119,9 @@ def _api_key(request: Request) -> str | None:
 
 def handle(services: ProxyServices, request: Request) -> WSGIApp:
     settings = services.settings
+    style = error_style(request.path)
     if _ambiguous(request.path):
-        return json_error(400, "ambiguous_path",
+        return client_error(style, 400, "ambiguous_path",
                           "request path must not contain '.', '..' or empty segments")
     # The key first: an unauthenticated client must not make the proxy read its body.
     record, refused = api_keys.authenticate_key(services, request)
@@ -128,14 +130,15 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
     limit = settings.max_request_body_bytes
     body = _read_body(request, limit)
     if body is None:
-        return json_error(413, "request_too_large", f"request body exceeds {limit} bytes",
+        return client_error(style, 413, "request_too_large",
+                            f"request body exceeds {limit} bytes",
                           limit=limit)
     path, query = _target(request)
     # Classified on the decoded path: the one the upstream will route on.
     call = classify(request.method, request.path, body)
     if call is not None and call.ambiguous:
         # The proxy would record one model while the upstream serves another.
-        return json_error(400, "ambiguous_body",
+        return client_error(style, 400, "ambiguous_body",
                           'the body repeats a top-level "model" or "stream" key')
     refused = api_keys.check_provider(record, request.method, request.path,
                                       call.provider if call else None)
@@ -152,7 +155,7 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
     if recorder is not None and recorder.row_id is None and settings.proxy_require_api_key:
         # With client keys, usage per key is the point: never serve a call unrecorded.
         recorder.fail(503, "recording_failed", "the call could not be recorded")
-        return json_error(503, "recording_failed",
+        return client_error(style, 503, "recording_failed",
                           "the proxy could not record this call; try again")
     try:
         return _forward(services, request, call, recorder, body, path, query, transform)
@@ -162,7 +165,7 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
         _log.exception("passthrough.internal_error", path=path)
         if recorder is not None:
             recorder.fail(500, "internal_error", f"proxy error: {exc!r}")
-        return json_error(500, "internal_error", "internal proxy error")
+        return client_error(style, 500, "internal_error", "internal proxy error")
 
 
 def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
@@ -187,7 +190,7 @@ def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
     breaker = services.breakers.get(UPSTREAM_ID)
     admission = breaker.admit()
     if not admission.allowed:
-        return _circuit_open(recorder, admission.retry_after_s)
+        return _circuit_open(recorder, admission.retry_after_s, error_style(request.path))
     try:
         return _send_and_relay(services, request, call, recorder, url, headers, send_body,
                                timeouts, transform, streaming, client_gone, breaker,
@@ -196,6 +199,22 @@ def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
         # Whatever happened without a verdict (a defect, an exception) frees the probe
         # slot; after a verdict this does nothing.
         breaker.released(admission)
+
+
+def _named_limit(exc: UpstreamError, settings: Settings, streaming: bool) -> UpstreamError:
+    """A timeout before the first byte, with the setting that fired in its message (the
+    client sees it, and the row keeps it)."""
+    if exc.kind != "timeout":
+        return exc
+    if exc.connecting:
+        name, value = "UPSTREAM_CONNECT_TIMEOUT_MS", settings.upstream_connect_timeout_ms
+    elif streaming:
+        name = "UPSTREAM_STREAM_FIRST_BYTE_TIMEOUT_MS"
+        value = settings.upstream_stream_first_byte_timeout_ms
+    else:
+        name, value = "UPSTREAM_TIMEOUT_MS", settings.upstream_timeout_ms
+    return UpstreamError(exc.kind, f"{exc.message} ({name}={value})",
+                         connecting=exc.connecting)
 
 
 def _judge(breaker: Breaker, admission: Admission, exc: UpstreamError,
@@ -214,6 +233,7 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
                     streaming: bool, client_gone: Callable[[], bool] | None,
                     breaker: Breaker, admission: Admission) -> WSGIApp:
     settings = services.settings
+    style = error_style(request.path)
     pending = SendHandle()
     if client_gone is not None:
         services.watcher.watch(client_gone, pending)
@@ -224,14 +244,15 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
                                         pending)
     except UpstreamError as exc:
         if pending.abort_reason is not None:
-            return _abandoned(recorder, pending.abort_reason)
+            return _abandoned(recorder, pending.abort_reason, style)
         _judge(breaker, admission, exc, streaming)
-        return _upstream_failed(exc, recorder, call, display_url(settings.cli_proxy_api_url))
+        return _upstream_failed(_named_limit(exc, settings, streaming), recorder, call,
+                                display_url(settings.cli_proxy_api_url), style)
     finally:
         services.watcher.unwatch(pending)
     if pending.abort_reason is not None:  # headers came back just as the abort did
         upstream.close()
-        return _abandoned(recorder, pending.abort_reason)
+        return _abandoned(recorder, pending.abort_reason, style)
     if recorder is not None:
         recorder.headers_received(upstream.status)
 
@@ -255,7 +276,7 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
             relay.prime()
         except UpstreamError as exc:
             _judge(breaker, admission, exc, streaming)
-            raise
+            raise _named_limit(exc, settings, streaming) from exc
         ctype = (upstream.headers.get("Content-Type") or "").lower()
         if upstream.status >= 500 and "json" not in ctype:
             breaker.failed(admission, f"HTTP {upstream.status}")
@@ -274,7 +295,8 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
     except UpstreamError as exc:
         # Nothing reached the client yet: answer with a clean error, not a cut stream.
         response = _upstream_failed(exc, recorder, call,
-                                    display_url(settings.cli_proxy_api_url), upstream.status)
+                                    display_url(settings.cli_proxy_api_url), style,
+                                    upstream.status)
         relay.close()
         return response
     except BaseException:
@@ -299,12 +321,12 @@ def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
     return recorder
 
 
-def _error_response(exc: UpstreamError) -> Response:
-    return json_error(_ERROR_STATUS[exc.kind], _ERROR_CODE[exc.kind], exc.message)
+def _error_response(exc: UpstreamError, style: str) -> Response:
+    return client_error(style, _ERROR_STATUS[exc.kind], _ERROR_CODE[exc.kind], exc.message)
 
 
 def _upstream_failed(exc: UpstreamError, recorder: CallRecorder | None,
-                     call: LLMCall | None, upstream: str,
+                     call: LLMCall | None, upstream: str, style: str,
                      upstream_status: int | None = None) -> Response:
     _log.warning("passthrough.upstream_error", kind=exc.kind, error=exc.message,
                  upstream=upstream, model=call.requested_model if call else None,
@@ -312,21 +334,21 @@ def _upstream_failed(exc: UpstreamError, recorder: CallRecorder | None,
     if recorder is not None:
         recorder.fail(_ERROR_STATUS[exc.kind], _ERROR_CODE[exc.kind], exc.message,
                       upstream_status=upstream_status)
-    return _error_response(exc)
+    return _error_response(exc, style)
 
 
-def _circuit_open(recorder: CallRecorder | None, retry_after_s: int) -> Response:
+def _circuit_open(recorder: CallRecorder | None, retry_after_s: int, style: str) -> Response:
     """The upstream keeps failing: refuse at once instead of piling more on it."""
     message = f"upstream {UPSTREAM_ID} is failing; retry in {retry_after_s} s"
     if recorder is not None:
         recorder.fail(503, "circuit_open", message)
-    response = json_error(503, "circuit_open", message, retry_after=retry_after_s)
+    response = client_error(style, 503, "circuit_open", message, retry_after=retry_after_s)
     response.headers["Retry-After"] = str(retry_after_s)
     return response
 
 
-def _abandoned(recorder: CallRecorder | None, reason: str) -> Response:
+def _abandoned(recorder: CallRecorder | None, reason: str, style: str) -> Response:
     """The client left (or the proxy is stopping) before the upstream answered."""
     if recorder is not None:
         recorder.abandoned(reason)
-    return json_error(499, "aborted", reason)
+    return client_error(style, 499, "aborted", reason)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import socket
+
 import anthropic
 import openai
+import pytest
 
 from tests import wire
 from tests.conftest import RunningProxy, start_proxy
 from tests.fake_upstream import FakeUpstream
+from tests.web.test_relay_formats import post
 
 
 def openai_client(proxy: RunningProxy) -> openai.OpenAI:
@@ -104,3 +109,28 @@ def test_client_name_mapping_names_the_instance_by_its_key(make_settings) -> Non
     assert alice["client_id"] == "openai-sdk-alice-laptop"
     assert bob["client_id"].startswith("openai-sdk-key-")
     assert "bob" not in bob["client_id"]  # no key characters are ever stored
+
+
+def test_proxy_errors_come_in_each_clients_own_shape(make_settings) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    proxy = start_proxy(make_settings(cli_proxy_api_url=f"http://127.0.0.1:{dead}"))
+    try:
+        with anthropic_client(proxy) as client, pytest.raises(anthropic.APIStatusError) as a:
+            client.messages.create(model="claude-haiku-4-5", max_tokens=5,
+                                   messages=[{"role": "user", "content": "hi"}])
+        assert a.value.status_code == 502
+        assert a.value.body["type"] == "error"  # type: ignore[index]
+        assert a.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+        assert "refused" in a.value.message.lower()
+
+        with openai_client(proxy) as oai, pytest.raises(openai.APIStatusError) as o:
+            oai.chat.completions.create(model="gpt-5", messages=[])
+        assert (o.value.status_code, o.value.code) == (502, "upstream_unavailable")
+
+        status, _, body = post(proxy, "/v1beta/models/gemini-2.5-pro:generateContent", b"{}")
+        error = json.loads(body)["error"]
+        assert (status, error["code"], error["status"]) == (502, 502, "INTERNAL")
+    finally:
+        proxy.stop()

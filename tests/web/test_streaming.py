@@ -121,6 +121,8 @@ def test_upstream_silent_before_headers_gives_504(make_settings,
         assert row["lifecycle_status"] == "error"
         assert row["error_code"] == "upstream_timeout"
         assert row["status"] == 504
+        # The row names the limit that fired (a stream waits for its first byte).
+        assert "UPSTREAM_STREAM_FIRST_BYTE_TIMEOUT_MS=200" in row["error_message"]
     finally:
         gate.set()
         proxy.stop()
