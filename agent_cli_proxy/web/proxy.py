@@ -241,7 +241,7 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
         recorder.sending()
     try:
         upstream = services.client.send(request.method, url, headers, send_body, timeouts,
-                                        pending)
+                                        pending, retries=settings.upstream_max_retries)
     except UpstreamError as exc:
         if pending.abort_reason is not None:
             return _abandoned(recorder, pending.abort_reason, style)

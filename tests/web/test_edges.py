@@ -200,3 +200,47 @@ def test_with_client_keys_an_unrecordable_call_is_refused(make_settings,
         assert (status, json.loads(body)["error"]["code"]) == (503, "key_check_unavailable")
     finally:
         proxy.stop()
+
+
+def test_idempotent_calls_are_retried_on_gateway_errors_posts_are_not(
+        proxy: RunningProxy, upstream: FakeUpstream) -> None:
+    for _ in range(2):
+        upstream.script(Script(503, content_type="text/plain", pieces=[b"busy"],
+                               framing="length"))
+    status, _, body = request(proxy, "GET", "/v1/models")
+    assert status == 200 and b"gpt-5" in body  # UPSTREAM_MAX_RETRIES=2 by default
+    assert [r.path for r in upstream.requests] == ["/v1/models"] * 3
+    upstream.script(Script(503, content_type="text/plain", pieces=[b"busy"],
+                           framing="length"))
+    status, _, _ = request(proxy, "POST", "/v1/chat/completions", b'{"model":"gpt-5"}',
+                           {"Content-Type": "application/json"})
+    assert status == 503  # the upstream may have started work: never sent twice
+    assert len(upstream.requests) == 4
+
+
+def test_retries_can_be_turned_off(make_settings, upstream: FakeUpstream) -> None:
+    proxy = start_proxy(make_settings(upstream_max_retries=0))
+    try:
+        upstream.script(Script(503, content_type="text/plain", pieces=[b"busy"],
+                               framing="length"))
+        assert request(proxy, "GET", "/v1/models")[0] == 503
+        assert len(upstream.requests) == 1
+    finally:
+        proxy.stop()
+
+
+def test_a_refused_connection_is_retried_even_for_a_post(make_settings) -> None:
+    # Nothing was sent, so a POST may be retried: here every attempt is refused, and the
+    # client still gets one clear error after the retries.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    proxy = start_proxy(make_settings(cli_proxy_api_url=f"http://127.0.0.1:{dead}",
+                                      upstream_max_retries=2))
+    try:
+        status, _, body = request(proxy, "POST", "/v1/chat/completions", b'{"model":"x"}',
+                                  {"Content-Type": "application/json"})
+        assert status == 502
+        assert json.loads(body)["error"]["code"] == "upstream_unavailable"
+    finally:
+        proxy.stop()
