@@ -51,6 +51,7 @@ class Script:
     drop_after: int | None = None  # close the socket abruptly after this many pieces
     release: threading.Event = field(default_factory=threading.Event)
     delay_headers: threading.Event | None = None  # wait for this before sending headers
+    vanish_after: bool = False  # close the connection after answering, without saying so
 
 
 class FakeUpstream:
@@ -178,6 +179,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._write(piece, script.framing)
             if script.framing == "chunked":
                 self.wfile.write(b"0\r\n\r\n")
+            if script.vanish_after:
+                # A keep-alive connection the server drops while idle (its timeout passed).
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
         except OSError:
             self.upstream.client_gone.set()
             self.close_connection = True
