@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +42,11 @@ def serving(tmp_path: Path, upstream: FakeUpstream, **extra: str
             if startup[-1] == "server.listening":
                 break
         proc.startup_events = startup  # type: ignore[attr-defined]
+        # Keep reading: a server blocked on a full output pipe would look like a hang.
+        lines: list[str] = []
+        proc.later_lines = lines  # type: ignore[attr-defined]
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+        reader.start()
         yield proc, port
     finally:
         if proc.poll() is None:
