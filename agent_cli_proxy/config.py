@@ -200,8 +200,9 @@ FIELDS: tuple[Field, ...] = (
           "TCP connect timeout only (the original used it as time to response headers, which "
           "aborted slow non-streaming calls).", UPSTREAM),
     Field("UPSTREAM_TIMEOUT_MS", 300_000, milliseconds,
-          "Longest wait for response headers, and for the next body bytes once a body has "
-          "begun; LLM calls can think for minutes.", UPSTREAM),
+          "A non-streaming call must be complete this long after it was sent; a started "
+          "stream must never be silent this long. LLM calls can think for minutes.",
+          UPSTREAM),
     Field("UPSTREAM_STREAM_FIRST_BYTE_TIMEOUT_MS", 900_000, milliseconds,
           "Longest wait for the headers and first chunk of a streaming request; upstreams queue "
           "streams (Claude) for a long time before the first event.", UPSTREAM),
@@ -227,6 +228,9 @@ FIELDS: tuple[Field, ...] = (
     Field("SHUTDOWN_DRAIN_MS", 10_000, milliseconds,
           "On SIGTERM/SIGINT, how long open requests and streams may finish before they are "
           "cut and recorded aborted (10 s, as the original).", SERVER),
+    Field("MAX_RESPONSE_BODY_BYTES", 52_428_800, integer(1, 10_000_000_000),
+          "Largest non-streaming upstream answer relayed (50 MiB, as the original); event "
+          "streams are not limited.", SERVER),
     Field("MAX_REQUEST_BODY_BYTES", 25_000_000, integer(1, 1_000_000_000),
           "Largest request body accepted (413 above); 25 MB fits long contexts with images.",
           SERVER),
@@ -353,6 +357,7 @@ class Settings:
     proxy_port: int
     proxy_threads: int
     shutdown_drain_ms: int
+    max_response_body_bytes: int
     max_request_body_bytes: int
     trust_proxy_headers: bool
     disable_shutdown_handlers: bool

@@ -46,11 +46,13 @@ class UpstreamError(Exception):
     sent: 502), ``timeout`` (504) or ``protocol`` (the connection broke: 502).
     """
 
-    def __init__(self, kind: ErrorKind, message: str, *, connecting: bool = False) -> None:
+    def __init__(self, kind: ErrorKind, message: str, *, connecting: bool = False,
+                 code: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.connecting = connecting  # failed before the request could be sent
+        self.code = code  # a more precise error code for the row, when there is one
 
 
 def classify_error(exc: BaseException) -> UpstreamError:

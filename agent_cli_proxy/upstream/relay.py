@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -92,13 +93,20 @@ class Relay:
         tap: Tap | None = None,
         transform: Transform | None = None,
         client_gone: Callable[[], bool] | None = None,
+        limit_bytes: int | None = None,
+        deadline: tuple[float, str] | None = None,
     ) -> None:
+        """*limit_bytes*: cut an answer growing past it (MAX_RESPONSE_BODY_BYTES).
+        *deadline*: (``time.monotonic()`` value, setting name) by which the whole answer
+        must have arrived (UPSTREAM_TIMEOUT_MS for non-streaming calls)."""
         self._response = response
         self._chunks = iter_raw(response)
         self._on_close = on_close
         self._tap = tap
         self._transform = transform
         self._client_gone = client_gone
+        self._limit_bytes = limit_bytes
+        self._deadline = deadline
         # Captured now, while the response owns the connection: urllib3 hands a fully read
         # connection back to the pool by itself, and abort() must never touch it then.
         self._sock = self._socket()
@@ -130,6 +138,8 @@ class Relay:
             if self._client_gone is not None and self._client_gone():
                 self.abort(CLIENT_GONE)
                 return b""
+            if self._deadline is not None and not self._within_deadline():
+                return b""
             try:
                 data = next(self._chunks)
             except StopIteration:
@@ -137,6 +147,9 @@ class Relay:
             except (HTTPError, OSError, UpstreamError) as exc:
                 if self._abort_reason is None:
                     self._error = classify_error(exc)
+                    if self._deadline is not None and self._error.kind == "timeout":
+                        # The read waited only until the deadline: name the total limit.
+                        self._within_deadline(grace_s=0.05)
                 return b""
             if not data:
                 with self._lock:
@@ -146,6 +159,11 @@ class Relay:
                     return self._finish_pieces()
                 return b""
             self._received += len(data)
+            if self._limit_bytes is not None and self._received > self._limit_bytes:
+                self._error = UpstreamError(
+                    "protocol", f"upstream answer larger than {self._limit_bytes} bytes "
+                    "(MAX_RESPONSE_BODY_BYTES)", code="response_too_large")
+                return b""
             self._feed_tap(data)
             try:
                 out = self._transform.feed(data) if self._transform is not None else data
@@ -156,6 +174,19 @@ class Relay:
             if out:
                 return out
         return b""
+
+    def _within_deadline(self, grace_s: float = 0.0) -> bool:
+        """False (with the error set) once the deadline passed; else shorten the next
+        read's wait to the time left."""
+        assert self._deadline is not None
+        at, setting = self._deadline
+        left = at - time.monotonic()
+        if left <= grace_s:
+            self._error = UpstreamError("timeout", f"upstream answer not complete within "
+                                        f"{setting}", code="upstream_timeout")
+            return False
+        self.set_read_timeout(left)
+        return True
 
     def _finish_pieces(self) -> bytes:
         if self._tap is not None:

@@ -9,6 +9,7 @@ path without a row.
 from __future__ import annotations
 
 import http
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -239,6 +240,7 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
         services.watcher.watch(client_gone, pending)
     if recorder is not None:
         recorder.sending()
+    sent_at = time.monotonic()
     try:
         upstream = services.client.send(request.method, url, headers, send_body, timeouts,
                                         pending, retries=settings.upstream_max_retries)
@@ -261,6 +263,22 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
                            content_encoding=upstream.headers.get("Content-Encoding"))
     if transform is not None and not (capture.is_event_stream and capture.is_plain):
         transform = None  # an error body, a JSON answer or compressed bytes: leave as is
+    limit = None if capture.is_event_stream else settings.max_response_body_bytes
+    length = upstream.headers.get("Content-Length") or ""
+    if limit is not None and length.isdigit() and int(length) > limit:
+        # Announced too large: refuse cleanly before the client has anything.
+        breaker.succeeded(admission)
+        upstream.close()
+        too_large = UpstreamError(
+            "protocol", f"upstream answer of {length} bytes is larger than {limit} "
+            "(MAX_RESPONSE_BODY_BYTES)", code="response_too_large")
+        return _upstream_failed(too_large, recorder, call,
+                                display_url(settings.cli_proxy_api_url), style, upstream.status)
+    # A non-streaming call must be complete within UPSTREAM_TIMEOUT_MS, not merely never
+    # silent that long; a stream only must not go silent (its read timeout).
+    deadline = None if streaming else (
+        sent_at + settings.upstream_timeout_ms / 1000,
+        f"UPSTREAM_TIMEOUT_MS={settings.upstream_timeout_ms}")
 
     def on_close(result: RelayResult) -> None:
         services.watcher.unwatch(relay)
@@ -268,7 +286,7 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
             recorder.relayed(result, capture, upstream.status)
 
     relay = Relay(upstream, on_close, tap=capture if call else None, transform=transform,
-                  client_gone=client_gone)
+                  client_gone=client_gone, limit_bytes=limit, deadline=deadline)
     try:
         if client_gone is not None:
             services.watcher.watch(client_gone, relay)
@@ -322,7 +340,8 @@ def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
 
 
 def _error_response(exc: UpstreamError, style: str) -> Response:
-    return client_error(style, _ERROR_STATUS[exc.kind], _ERROR_CODE[exc.kind], exc.message)
+    return client_error(style, _ERROR_STATUS[exc.kind], exc.code or _ERROR_CODE[exc.kind],
+                        exc.message)
 
 
 def _upstream_failed(exc: UpstreamError, recorder: CallRecorder | None,
@@ -332,8 +351,8 @@ def _upstream_failed(exc: UpstreamError, recorder: CallRecorder | None,
                  upstream=upstream, model=call.requested_model if call else None,
                  request_id=recorder.request_id if recorder else None)
     if recorder is not None:
-        recorder.fail(_ERROR_STATUS[exc.kind], _ERROR_CODE[exc.kind], exc.message,
-                      upstream_status=upstream_status)
+        recorder.fail(_ERROR_STATUS[exc.kind], exc.code or _ERROR_CODE[exc.kind],
+                      exc.message, upstream_status=upstream_status)
     return _error_response(exc, style)
 
 

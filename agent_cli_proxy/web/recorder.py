@@ -140,6 +140,8 @@ class CallRecorder:
             lifecycle = "error"
             code = "upstream_timeout" if err is not None and err.kind == "timeout" else (
                 "stream_error")
+            if err is not None and err.code:
+                code = err.code
             message = err.message if err is not None else "stream error"
         elif status >= 400:
             sample = " ".join(capture.sample.split())[:ERROR_SAMPLE_CHARS]

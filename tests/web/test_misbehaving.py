@@ -3,9 +3,13 @@ and that the next request works."""
 
 from __future__ import annotations
 
+import http.client
 import json
+from urllib.parse import urlsplit
 
-from tests.conftest import RunningProxy
+import pytest
+
+from tests.conftest import RunningProxy, start_proxy
 from tests.fake_upstream import FakeUpstream, Script
 from tests.web.test_relay_formats import post
 
@@ -46,3 +50,56 @@ def test_rate_limited_answers_pass_through_with_their_retry_after(
     assert (row["lifecycle_status"], row["error_code"], row["status"]) == (
         "error", "upstream_error", 429)
     assert post(proxy, "/v1/messages", {"model": "claude-haiku-4-5"})[0] == 200
+
+
+def test_an_answer_announced_too_large_is_refused_before_anything_is_sent(
+        make_settings, upstream: FakeUpstream) -> None:
+    proxy = start_proxy(make_settings(max_response_body_bytes=100))
+    try:
+        upstream.script(Script(pieces=[b"x" * 500], framing="length"))
+        status, _, body = post(proxy, "/v1/chat/completions", {"model": "gpt-5"})
+        assert status == 502
+        assert json.loads(body)["error"]["code"] == "response_too_large"
+        (row,) = proxy.final_rows()
+        assert (row["lifecycle_status"], row["error_code"]) == ("error", "response_too_large")
+    finally:
+        proxy.stop()
+
+
+def test_an_answer_growing_too_large_is_cut(make_settings, upstream: FakeUpstream) -> None:
+    proxy = start_proxy(make_settings(max_response_body_bytes=100))
+    try:
+        upstream.script(Script(pieces=[b"x" * 60, b"y" * 60, b"z" * 60]))  # chunked
+        url = urlsplit(proxy.url)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        conn.request("POST", "/v1/chat/completions", body=b'{"model":"gpt-5"}',
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        with pytest.raises(http.client.IncompleteRead):
+            resp.read()
+        conn.close()
+        (row,) = proxy.final_rows()
+        assert (row["lifecycle_status"], row["error_code"]) == ("error", "response_too_large")
+    finally:
+        proxy.stop()
+
+
+def test_a_non_streaming_answer_must_be_complete_in_time(make_settings,
+                                                         upstream: FakeUpstream) -> None:
+    proxy = start_proxy(make_settings(upstream_timeout_ms=300))
+    script = upstream.script(Script(pieces=[b'{"id":', b'"x"}'], pause_after=1))
+    try:
+        url = urlsplit(proxy.url)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        conn.request("POST", "/v1/chat/completions", body=b'{"model":"gpt-5"}',
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        with pytest.raises(http.client.IncompleteRead):
+            resp.read()
+        conn.close()
+        (row,) = proxy.final_rows()
+        assert (row["lifecycle_status"], row["error_code"]) == ("error", "upstream_timeout")
+        assert "UPSTREAM_TIMEOUT_MS=300" in row["error_message"]
+    finally:
+        script.release.set()
+        proxy.stop()
