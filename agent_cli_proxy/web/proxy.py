@@ -1,9 +1,9 @@
 """The proxy endpoint: forward one request upstream and relay the answer back.
 
-Flow (DESIGN.md "How one streamed request flows"): bounded body read → is it an LLM call?
-→ who is calling → pending row → upstream request → relay whose ``close()`` finalizes the
-row. Calls that are not LLM calls (``GET /v1/models``, ``count_tokens`` …) take the same
-path without a row.
+Flow (DESIGN.md "How one streamed request flows"): client key → bounded body read → is it
+an LLM call? → who is calling → pending row → upstream request → relay whose ``close()``
+finalizes the row. Calls that are not LLM calls (``GET /v1/models``, ``count_tokens`` …)
+take the same path without a row.
 """
 
 from __future__ import annotations
@@ -111,19 +111,12 @@ def _read_body(request: Request, limit: int) -> bytes | None:
     return None if len(body) > limit else body
 
 
-def _api_key(request: Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return request.headers.get("x-api-key") or request.headers.get("x-goog-api-key") or None
-
-
 def handle(services: ProxyServices, request: Request) -> WSGIApp:
     settings = services.settings
     style = error_style(request.path)
     if _ambiguous(request.path):
         return client_error(style, 400, "ambiguous_path",
-                          "request path must not contain '.', '..' or empty segments")
+                            "request path must not contain '.', '..' or empty segments")
     # The key first: an unauthenticated client must not make the proxy read its body.
     record, refused = api_keys.authenticate_key(services, request)
     if refused is not None:
@@ -132,15 +125,14 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
     body = _read_body(request, limit)
     if body is None:
         return client_error(style, 413, "request_too_large",
-                            f"request body exceeds {limit} bytes",
-                          limit=limit)
+                            f"request body exceeds {limit} bytes", limit=limit)
     path, query = _target(request)
     # Classified on the decoded path: the one the upstream will route on.
     call = classify(request.method, request.path, body)
     if call is not None and call.ambiguous:
         # The proxy would record one model while the upstream serves another.
         return client_error(style, 400, "ambiguous_body",
-                          'the body repeats a top-level "model" or "stream" key')
+                            'the body repeats a top-level "model" or "stream" key')
     refused = api_keys.check_provider(record, request.method, request.path,
                                       call.provider if call else None)
     if refused is not None:
@@ -157,9 +149,10 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
         # With client keys, usage per key is the point: never serve a call unrecorded.
         recorder.fail(503, "recording_failed", "the call could not be recorded")
         return client_error(style, 503, "recording_failed",
-                          "the proxy could not record this call; try again")
+                            "the proxy could not record this call; try again")
     try:
-        return _forward(services, request, call, recorder, body, path, query, transform)
+        return _forward(services, request, call, recorder, body, path, query, transform,
+                        style)
     except Exception as exc:
         # A defect must not leave the row pending or the upstream connection open; the
         # relay (if any) was closed by _forward.
@@ -171,7 +164,7 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
 
 def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
              recorder: CallRecorder | None, body: bytes, path: str, query: str,
-             transform: Transform | None) -> WSGIApp:
+             transform: Transform | None, style: str) -> WSGIApp:
     """Send upstream and build the relayed response (or a clean JSON error)."""
     settings = services.settings
     query = replace_query_key(query, settings.cli_proxy_api_key)
@@ -191,11 +184,11 @@ def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
     breaker = services.breakers.get(UPSTREAM_ID)
     admission = breaker.admit()
     if not admission.allowed:
-        return _circuit_open(recorder, admission.retry_after_s, error_style(request.path))
+        return _circuit_open(recorder, admission.retry_after_s, style)
     try:
         return _send_and_relay(services, request, call, recorder, url, headers, send_body,
                                timeouts, transform, streaming, client_gone, breaker,
-                               admission)
+                               admission, style)
     finally:
         # Whatever happened without a verdict (a defect, an exception) frees the probe
         # slot; after a verdict this does nothing.
@@ -232,9 +225,8 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
                     recorder: CallRecorder | None, url: str, headers: list[tuple[str, str]],
                     send_body: bytes | None, timeouts: Timeouts, transform: Transform | None,
                     streaming: bool, client_gone: Callable[[], bool] | None,
-                    breaker: Breaker, admission: Admission) -> WSGIApp:
+                    breaker: Breaker, admission: Admission, style: str) -> WSGIApp:
     settings = services.settings
-    style = error_style(request.path)
     pending = SendHandle()
     if client_gone is not None:
         services.watcher.watch(client_gone, pending)
@@ -329,7 +321,8 @@ def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
     headers = request.headers
     recorder = CallRecorder(services.db, services.clock, lambda: services.pricing.table,
                             services.metrics, call, path)
-    identity = identify(headers, api_key=_api_key(request),
+    keys = api_keys.presented_keys(request)
+    identity = identify(headers, api_key=keys[0] if keys else None,
                         client_name_mapping=services.settings.client_name_mapping)
     msg_id = next((headers[h] for h in ("x-msg-id", "x-message-id", "x-request-id")
                    if headers.get(h)), None)

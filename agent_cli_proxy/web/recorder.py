@@ -36,7 +36,6 @@ _log = get_logger("lifecycle")
 ERROR_SAMPLE_CHARS = 300
 
 
-
 class CallRecorder:
     """Owns the request_logs row of one LLM call."""
 
