@@ -67,23 +67,28 @@ def _sockets(server: Any) -> dict[int, Any]:
     return server.map if sockets is None else sockets  # type: ignore[no-any-return]
 
 
-def request_stop(server: Any) -> None:
-    """Make a running waitress loop close every socket and return.
+def _in_loop(server: Any, action: Callable[[dict[int, Any]], None]) -> None:
+    """Run *action* on the socket map inside waitress's loop thread.
 
-    Safe from another thread or a signal handler: closing sockets from outside the loop
-    races its ``select``, so waitress's trigger runs the close inside the loop instead.
+    Safe from another thread or a signal handler: touching sockets from outside the loop
+    races its ``select``, so waitress's trigger runs the action inside the loop instead.
     """
     sockets = _sockets(server)
     trigger = next((d for d in list(sockets.values()) if isinstance(d, Trigger)), None)
     if trigger is None:
         return
 
-    def close_all(_: object = None) -> None:  # runs in the loop thread
-        wasyncore.close_all(sockets)
+    def run(_: object = None) -> None:  # runs in the loop thread
+        action(sockets)
 
     # OSError: its pipe is already closed, so the loop is closing the sockets itself.
     with contextlib.suppress(OSError):
-        trigger.pull_trigger(close_all)
+        trigger.pull_trigger(run)
+
+
+def request_stop(server: Any) -> None:
+    """Make a running waitress loop close every socket and return."""
+    _in_loop(server, wasyncore.close_all)
 
 
 def serve(settings: Settings) -> int:
@@ -122,17 +127,12 @@ def serve(settings: Settings) -> int:
 
 def _stop_accepting(server: Any) -> None:
     """Close the listening sockets (in the loop thread); open connections keep going."""
-    sockets = _sockets(server)
-    listeners = [d for d in list(sockets.values()) if isinstance(d, BaseWSGIServer)]
-    trigger = next((d for d in list(sockets.values()) if isinstance(d, Trigger)), None)
 
-    def close_listeners(_: object = None) -> None:
-        for listener in listeners:
+    def close_listeners(sockets: dict[int, Any]) -> None:
+        for listener in [d for d in list(sockets.values()) if isinstance(d, BaseWSGIServer)]:
             wasyncore.dispatcher.close(listener)
 
-    if trigger is not None:
-        with contextlib.suppress(OSError):
-            trigger.pull_trigger(close_listeners)
+    _in_loop(server, close_listeners)
 
 
 def _busy(server: Any) -> bool:
