@@ -52,6 +52,20 @@ def test_rate_limited_answers_pass_through_with_their_retry_after(
     assert post(proxy, "/v1/messages", {"model": "claude-haiku-4-5"})[0] == 200
 
 
+def assert_answer_cut(proxy: RunningProxy) -> None:
+    """A chat call whose answer starts and then breaks off (headers were already sent)."""
+    url = urlsplit(proxy.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        conn.request("POST", "/v1/chat/completions", body=b'{"model":"gpt-5"}',
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        with pytest.raises(http.client.IncompleteRead):
+            resp.read()
+    finally:
+        conn.close()
+
+
 def test_an_answer_announced_too_large_is_refused_before_anything_is_sent(
         make_settings, upstream: FakeUpstream) -> None:
     proxy = start_proxy(make_settings(max_response_body_bytes=100))
@@ -70,14 +84,7 @@ def test_an_answer_growing_too_large_is_cut(make_settings, upstream: FakeUpstrea
     proxy = start_proxy(make_settings(max_response_body_bytes=100))
     try:
         upstream.script(Script(pieces=[b"x" * 60, b"y" * 60, b"z" * 60]))  # chunked
-        url = urlsplit(proxy.url)
-        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-        conn.request("POST", "/v1/chat/completions", body=b'{"model":"gpt-5"}',
-                     headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        with pytest.raises(http.client.IncompleteRead):
-            resp.read()
-        conn.close()
+        assert_answer_cut(proxy)
         (row,) = proxy.final_rows()
         assert (row["lifecycle_status"], row["error_code"]) == ("error", "response_too_large")
     finally:
@@ -89,14 +96,7 @@ def test_a_non_streaming_answer_must_be_complete_in_time(make_settings,
     proxy = start_proxy(make_settings(upstream_timeout_ms=300))
     script = upstream.script(Script(pieces=[b'{"id":', b'"x"}'], pause_after=1))
     try:
-        url = urlsplit(proxy.url)
-        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-        conn.request("POST", "/v1/chat/completions", body=b'{"model":"gpt-5"}',
-                     headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        with pytest.raises(http.client.IncompleteRead):
-            resp.read()
-        conn.close()
+        assert_answer_cut(proxy)
         (row,) = proxy.final_rows()
         assert (row["lifecycle_status"], row["error_code"]) == ("error", "upstream_timeout")
         assert "UPSTREAM_TIMEOUT_MS=300" in row["error_message"]
