@@ -33,6 +33,7 @@ from typing import Any, Final, Literal
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.storage.requests import iso_utc
+from agent_cli_proxy.storage.schema import MAX_ID
 
 log = get_logger("storage")
 
@@ -45,7 +46,6 @@ MAX_PRESENTED_CHARS: Final = 512
 LAST_USED_GRANULARITY_S: Final = 60.0
 """``last_used_at`` is rewritten at most this often per key: a request needs one indexed
 read to verify its key, and a write transaction only once a minute."""
-MAX_ID: Final = 2**63 - 1  # SQLite's largest integer
 
 
 class _Unset(Enum):

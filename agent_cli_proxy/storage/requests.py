@@ -21,7 +21,7 @@ from typing import Any
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.storage import daily_usage
 from agent_cli_proxy.storage.database import Database
-from agent_cli_proxy.storage.schema import COST_STATUSES
+from agent_cli_proxy.storage.schema import COST_STATUSES, MAX_ID
 from agent_cli_proxy.usage.model import Usage
 
 log = get_logger("storage")
@@ -265,7 +265,9 @@ def recover_stale_pending(db: Database, max_age_ms: int, now_ms: int) -> int:
 
 
 def get_request(db: Database, row_id: int) -> dict[str, Any] | None:
-    """Every column of one row, or None."""
+    """Every column of one row, or None (also for ids no SQLite row can have)."""
+    if not 0 < row_id <= MAX_ID:
+        return None
     row = db.reader().execute("SELECT * FROM request_logs WHERE id = ?", (row_id,)).fetchone()
     return None if row is None else dict(row)
 

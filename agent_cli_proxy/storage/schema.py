@@ -29,6 +29,7 @@ class Table:
         return f"CREATE TABLE IF NOT EXISTS {self.name} (\n  " + ",\n  ".join(parts) + "\n)"
 
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer: no row id can be beyond it
 LIFECYCLE_STATUSES = ("pending", "completed", "error", "aborted")
 COST_STATUSES = ("unresolved", "ok", "pending", "unsupported")
 

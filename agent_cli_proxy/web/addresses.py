@@ -38,12 +38,13 @@ def _other_forwarded(request: Request) -> list[str]:
             for pair in element.split(";"):
                 name, _, node = pair.partition("=")
                 if name.strip().lower() == "for":
-                    found.append(_node_address(node))
+                    found.append(host_of(node))
     return found
 
 
-def _node_address(node: str) -> str:
-    """The address in an RFC 7239 node: ``"[2001:db8::1]:4711"``, ``1.2.3.4:80``, …"""
+def host_of(node: str) -> str:
+    """The host in a ``host:port`` form: an RFC 7239 node (``"[2001:db8::1]:4711"``), a
+    Host header (``localhost:3100``), ``1.2.3.4:80`` …"""
     node = node.strip().strip('"')
     if node.startswith("["):
         return node[1:node.find("]")] if "]" in node else node

@@ -17,7 +17,6 @@ from agent_cli_proxy.storage.costs import cost_audit_for
 from agent_cli_proxy.storage.requests import get_request
 from agent_cli_proxy.usage.pricing import PriceEntry, Rates
 from agent_cli_proxy.web.addresses import client_address, is_loopback, outside_forwarded
-from agent_cli_proxy.web.admin_usage import MAX_ROW_ID
 from agent_cli_proxy.web.errors import json_error, json_response
 from agent_cli_proxy.web.services import ProxyServices
 
@@ -95,7 +94,7 @@ def pricing(services: ProxyServices, request: Request) -> Response:
 
 def cost_audit(services: ProxyServices, request: Request, row_id: int) -> Response:
     """``GET /admin/logs/<id>/cost-audit``: every cost computed for one call, oldest first."""
-    if row_id > MAX_ROW_ID or get_request(services.db, row_id) is None:
+    if get_request(services.db, row_id) is None:
         return json_error(404, "not_found", f"no request log with id {row_id}")
     return json_response({"id": row_id, "audits": cost_audit_for(services.db, row_id)})
 

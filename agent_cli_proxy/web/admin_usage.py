@@ -19,8 +19,6 @@ from agent_cli_proxy.web import params
 from agent_cli_proxy.web.errors import json_error, json_response
 from agent_cli_proxy.web.services import ProxyServices
 
-MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer
-
 
 def _today(services: ProxyServices) -> dt.date:
     return dt.datetime.fromtimestamp(services.clock.time(), dt.UTC).date()
@@ -97,7 +95,7 @@ def logs(services: ProxyServices, request: Request) -> Response:
 
 
 def log_by_id(services: ProxyServices, request: Request, row_id: int) -> Response:
-    row = get_request(services.db, row_id) if row_id <= MAX_ROW_ID else None
+    row = get_request(services.db, row_id)
     if row is None:
         return json_error(404, "not_found", f"no request log with id {row_id}")
     return json_response(reports.normalize_log_row(row))

@@ -13,15 +13,11 @@ from urllib.parse import urlsplit
 
 from werkzeug.wrappers import Request
 
-from agent_cli_proxy.web.addresses import is_loopback
+from agent_cli_proxy.web.addresses import host_of, is_loopback
 
 
 def _local_name(host: str, configured: str) -> bool:
-    host = host.strip().lower()
-    if host.startswith("["):
-        host = host[1:host.find("]")] if "]" in host else host
-    elif host.count(":") == 1:
-        host = host.split(":")[0]
+    host = host_of(host).lower()
     return host in ("localhost", configured.strip().lower()) or is_loopback(host)
 
 
