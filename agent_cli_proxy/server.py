@@ -25,6 +25,7 @@ from agent_cli_proxy.config import Settings, ensure_directories
 from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.sdnotify import notify
+from agent_cli_proxy.server_errors import JsonErrorChannel
 from agent_cli_proxy.storage.database import Database, open_database
 from agent_cli_proxy.storage.instance_lock import acquire_instance_lock
 from agent_cli_proxy.storage.requests import recover_stale_pending
@@ -32,17 +33,13 @@ from agent_cli_proxy.web.app import ProxyApp
 from agent_cli_proxy.wsgi import create_app
 
 _log = get_logger("server")
-# waitress answers 413 itself, before reading the body, above this; between the configured
-# limit and this, the proxy reads the body and answers with its own JSON 413 naming the
-# limit. The margin bounds what an oversized request can make the proxy buffer.
-_WAITRESS_BODY_FACTOR = 2
 STOP_TIMEOUT_S = 5.0
 
 
 def make_server(app: ProxyApp, settings: Settings, *, host: str | None = None,
                 port: int | None = None) -> Any:
     """A waitress server bound (not yet running) for *app*; port 0 picks a free port."""
-    return create_server(
+    server = create_server(
         app,
         host=settings.proxy_host if host is None else host,
         port=settings.proxy_port if port is None else port,
@@ -51,13 +48,20 @@ def make_server(app: ProxyApp, settings: Settings, *, host: str | None = None,
         # refused; keep room for every stream plus idle keep-alive connections.
         connection_limit=max(100, settings.proxy_threads * 4),
         channel_request_lookahead=5,
-        max_request_body_size=settings.max_request_body_bytes * _WAITRESS_BODY_FACTOR + 1,
+        # waitress refuses a body of this size or more: from its Content-Length before
+        # reading it, or once a chunked upload grows that far (chunk framing counts).
+        max_request_body_size=settings.max_request_body_bytes + 1,
         ident=f"agent-cli-proxy/{__version__}",
         expose_tracebacks=False,
         # Keep X-Forwarded-* in the environ: they are forwarded like any header, and read
         # for the client address when TRUST_PROXY_HEADERS says the proxy sits behind one.
         clear_untrusted_proxy_headers=False,
     )
+    # Every listening socket (a host name can resolve to several) makes its connections
+    # with this class: its own errors then read as JSON too.
+    for listener in _listeners(_sockets(server)):
+        listener.channel_class = JsonErrorChannel
+    return server
 
 
 def _sockets(server: Any) -> dict[int, Any]:
@@ -65,6 +69,10 @@ def _sockets(server: Any) -> dict[int, Any]:
     ``map``)."""
     sockets = getattr(server, "_map", None)
     return server.map if sockets is None else sockets  # type: ignore[no-any-return]
+
+
+def _listeners(sockets: dict[int, Any]) -> list[BaseWSGIServer]:
+    return [d for d in list(sockets.values()) if isinstance(d, BaseWSGIServer)]
 
 
 def _in_loop(server: Any, action: Callable[[dict[int, Any]], None]) -> None:
@@ -129,7 +137,7 @@ def _stop_accepting(server: Any) -> None:
     """Close the listening sockets (in the loop thread); open connections keep going."""
 
     def close_listeners(sockets: dict[int, Any]) -> None:
-        for listener in [d for d in list(sockets.values()) if isinstance(d, BaseWSGIServer)]:
+        for listener in _listeners(sockets):
             wasyncore.dispatcher.close(listener)
 
     _in_loop(server, close_listeners)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 from urllib.parse import urlsplit
 
@@ -125,7 +126,8 @@ def test_hop_by_hop_headers_dropped_end_to_end_headers_kept(proxy: RunningProxy,
     assert "slow down" in row["error_message"]
 
 
-def test_oversized_bodies_get_413_and_no_row(make_settings, upstream: FakeUpstream) -> None:
+def test_oversized_bodies_get_413_before_they_are_read_and_no_row(
+        make_settings, upstream: FakeUpstream) -> None:
     proxy = start_proxy(make_settings(max_request_body_bytes=100))
     try:
         big = b'{"model":"gpt-5","messages":[],"pad":"' + b"x" * 100 + b'"}'
@@ -134,13 +136,27 @@ def test_oversized_bodies_get_413_and_no_row(make_settings, upstream: FakeUpstre
         assert status == 413
         assert headers["content-type"] == "application/json"
         assert b"request body exceeds 100 bytes" in body
-        # Far beyond the limit waitress refuses before reading the body at all.
-        status, _, _ = request(proxy, "POST", "/v1/chat/completions", b"x" * 10_000,
-                               {"Content-Type": "application/json"})
-        assert status == 413
+        # One byte over is refused from the Content-Length, before the body is read: the
+        # client sends only the headers and still gets its answer.
+        url = urlsplit(proxy.url)
+        with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 101\r\n\r\n")
+            reply = b""
+            while data := sock.recv(65536):
+                reply += data
+        head, _, payload = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413")
+        assert b"Content-Type: application/json" in head
+        assert json.loads(payload) == {"type": "error", "error": {  # Anthropic's shape
+            "type": "request_too_large", "message": "request body exceeds 100 bytes",
+            "code": "request_too_large", "limit": 100}}
+        exact = b'{"model":"gpt-5","pad":"' + b"x" * 74 + b'"}'
+        assert len(exact) == 100
+        assert request(proxy, "POST", "/v1/chat/completions", exact,
+                       {"Content-Type": "application/json"})[0] == 200
 
         # Chunked upload, no Content-Length: counted while read.
-        url = urlsplit(proxy.url)
         with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
             chunk = b'{"model":"gpt-5","pad":"' + b"y" * 120 + b'"}'
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -151,8 +167,8 @@ def test_oversized_bodies_get_413_and_no_row(make_settings, upstream: FakeUpstre
                 reply += data
         assert reply.startswith(b"HTTP/1.1 413")
         assert b"request body exceeds 100 bytes" in reply
-        assert upstream.requests == []
-        assert proxy.rows() == []
+        assert len(upstream.requests) == 1  # only the one that fitted
+        assert len(proxy.final_rows()) == 1
     finally:
         proxy.stop()
 

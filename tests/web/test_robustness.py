@@ -47,8 +47,18 @@ def test_malformed_http_is_answered_and_the_server_lives_on(proxy: RunningProxy)
     # waitress drops these connections (silently, or with a 4xx); what matters is that
     # the proxy keeps serving afterwards.
     raw_exchange(proxy, b"NOT HTTP AT ALL\r\nConnection: close\r\n\r\n")
-    raw_exchange(proxy, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 300_000
-                 + b"\r\n\r\n")
+    reply = raw_exchange(proxy, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "
+                         + b"a" * 300_000 + b"\r\n\r\n")
+    if reply:  # when waitress answers by itself, it answers in JSON too
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert b" 431 " in head.split(b"\r\n")[0] and b"application/json" in head
+        assert json.loads(body)["error"]["code"] == "request_headers_too_large"
+    bad_chunks = raw_exchange(proxy, b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              b"Transfer-Encoding: chunked\r\n\r\nzz\r\n")
+    head, _, body = bad_chunks.partition(b"\r\n\r\n")
+    assert b" 400 " in head.split(b"\r\n")[0]
+    error = json.loads(body)
+    assert error["type"] == "error" and error["error"]["code"] == "bad_request"  # Anthropic's
     odd = (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: \xff\xfe junk\r\n"
            b"X-Agent-Name: \xe2\x98\x83\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
     assert raw_exchange(proxy, odd).startswith(b"HTTP/1.1 200")
