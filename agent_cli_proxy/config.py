@@ -207,9 +207,11 @@ FIELDS: tuple[Field, ...] = (
           "Longest wait for the headers and first chunk of a streaming request; upstreams queue "
           "streams (Claude) for a long time before the first event.", UPSTREAM),
     Field("UPSTREAM_MAX_RETRIES", 2, integer(0, 100),
-          "Retries of a failed idempotent, non-streaming upstream call (0 disables).", UPSTREAM),
+          "Retries of a failed upstream call: any call that never reached the upstream, an "
+          "idempotent one also on 502/503/504 (0 disables).", UPSTREAM),
     Field("RATE_LIMIT_MAX_RETRIES", 3, integer(1, 20),
-          "Retries of an upstream 429 on a retryable call, after its Retry-After.", UPSTREAM),
+          "Retries of an idempotent call answered 429, after its Retry-After (at most 5 s; "
+          "longer waits and LLM calls go back to the client).", UPSTREAM),
     Field("UPSTREAM_CIRCUIT_BREAKER_OPEN_AFTER_FAILURES", 5, integer(1, 1000),
           "Consecutive upstream failures that open a breaker and fail fast.", UPSTREAM),
     Field("UPSTREAM_CIRCUIT_BREAKER_HALF_OPEN_AFTER_MS", 30_000, milliseconds,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import select
 import socket
+import struct
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class Script:
     release: threading.Event = field(default_factory=threading.Event)
     delay_headers: threading.Event | None = None  # wait for this before sending headers
     vanish_after: bool = False  # close the connection after answering, without saying so
+    hang_up: bool = False  # read the request, then close without answering
+    reset_after: threading.Event | None = None  # reset (RST) the connection after answering,
+    # then set this event
 
 
 class FakeUpstream:
@@ -145,6 +149,10 @@ class _Handler(BaseHTTPRequestHandler):
             script = up.scripts.popleft() if up.scripts else default_response(rec)
         if script.delay_headers is not None and not self._hold(script.delay_headers):
             return
+        if script.hang_up:
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
         self._respond(script)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
@@ -184,6 +192,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
+            if script.reset_after is not None:
+                # Linger 0: close() sends RST, so the peer's next write fails at once.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           struct.pack("ii", 1, 0))
+                self.connection.close()
+                self.close_connection = True
+                script.reset_after.set()
         except OSError:
             self.upstream.client_gone.set()
             self.close_connection = True

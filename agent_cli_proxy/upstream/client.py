@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,7 +28,11 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
+from agent_cli_proxy.config_values import display_url
+from agent_cli_proxy.log import get_logger
+
 ErrorKind = Literal["connect", "timeout", "protocol"]
+_log = get_logger("upstream")
 _current = threading.local()  # the SendHandle of the request this thread is sending
 
 
@@ -59,6 +64,8 @@ def classify_error(exc: BaseException) -> UpstreamError:
     """Map a urllib3/socket failure to an :class:`UpstreamError` with a readable message."""
     if isinstance(exc, UpstreamError):
         return exc
+    if isinstance(exc, StaleConnectionError):
+        return UpstreamError("connect", str(exc), connecting=True)
     # NewConnectionError subclasses ConnectTimeoutError in urllib3 2.x: test it first, or
     # a refused connection would be reported as a timeout.
     if isinstance(exc, NewConnectionError):
@@ -130,6 +137,12 @@ class SendHandle:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
 
+    def _detach(self) -> None:
+        # The request is answered and its socket is back in the pool (another request may
+        # use it now); a later attempt attaches its own.
+        with self._lock:
+            self._sock = None
+
     def _finish(self) -> None:
         # From here on the socket belongs to the response (or is back in the pool).
         with self._lock:
@@ -137,9 +150,46 @@ class SendHandle:
             self._sock = None
 
 
+class StaleConnectionError(ConnectTimeoutError):
+    """A pooled keep-alive connection was found reset when the request's first bytes were
+    written: the upstream had closed it while idle and never saw the request.
+
+    Subclassing urllib3's connect error makes its retry logic treat the request as never
+    sent, so even a POST may go again on a fresh connection (within UPSTREAM_MAX_RETRIES).
+    """
+
+
 class _Tracked:
+    """Connection mixin: reports the socket to the request's :class:`SendHandle`, and tells
+    a pooled connection the upstream reset before anything was sent from one that broke
+    after the request (or part of it) went out."""
+
+    _requests_on_socket = 0
+    _wrote = False
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self._requests_on_socket = 0
+
+    def send(self, data: Any) -> None:
+        super().send(data)  # type: ignore[misc]
+        self._wrote = True
+
     def request(self, *args: Any, **kwargs: Any) -> None:
-        super().request(*args, **kwargs)  # type: ignore[misc]
+        reused = self._requests_on_socket > 0 and self.sock is not None  # type: ignore[attr-defined]
+        self._wrote = False
+        try:
+            super().request(*args, **kwargs)  # type: ignore[misc]
+        except OSError as exc:
+            # A write fails at once on a socket the peer has reset. urllib3 would swallow
+            # EPIPE/ECONNRESET here (to read an early answer) and then fail reading, an
+            # error it must treat as "the upstream may have started".
+            if reused and not self._wrote:
+                raise StaleConnectionError(
+                    "upstream closed the pooled connection before the request "
+                    f"was sent ({_reason(exc)})") from exc
+            raise
+        self._requests_on_socket += 1  # after the call: a fresh socket's connect() zeroes it
         handle: SendHandle | None = getattr(_current, "handle", None)
         if handle is not None:
             handle._attach(self.sock)  # type: ignore[attr-defined]
@@ -169,10 +219,12 @@ def retry_policy(retries: int) -> urllib3.Retry | bool:
     """What may be tried again, *retries* times at most (UPSTREAM_MAX_RETRIES).
 
     A connection that could not be made carried nothing, so any request may be retried
-    then, POSTs included. Once the request went out, the upstream may have started work
-    (and billing): only idempotent requests are retried, and only on a gateway's 502,
-    503 or 504. Nothing is retried after the response headers, so never once a byte went
-    to the client. Backoff 0.2 s, 0.4 s, 0.8 s … (at most 5 s) with jitter.
+    then, POSTs included; so may one whose pooled connection turned out to be reset before
+    its first byte was written (:class:`StaleConnectionError`). Once the request went out,
+    the upstream may have started work (and billing): only idempotent requests are
+    retried, and only on a gateway's 502, 503 or 504. Nothing is retried after the
+    response headers, so never once a byte went to the client. Backoff 0.2 s, 0.4 s,
+    0.8 s … (at most 5 s) with jitter.
     """
     if retries <= 0:
         return False
@@ -182,6 +234,40 @@ def retry_policy(retries: int) -> urllib3.Retry | bool:
         backoff_factor=0.2, backoff_max=5.0, backoff_jitter=0.1,
         # Not Retry-After: a worker thread must not sleep as long as an upstream asks.
         raise_on_status=False, respect_retry_after_header=False)
+
+
+RATE_LIMIT_MAX_WAIT_S = 5.0
+
+
+def _rate_limit_wait(response: urllib3.BaseHTTPResponse, method: str, attempt: int,
+                     retries: int) -> float | None:
+    """Seconds to wait before sending an idempotent request answered 429 again, or None to
+    hand the 429 to the client.
+
+    The upstream's Retry-After (seconds or an HTTP date) is honoured; without one the wait
+    doubles from 0.5 s. A wait longer than :data:`RATE_LIMIT_MAX_WAIT_S` is the client's to
+    make, not a worker thread's: the 429 goes back with its Retry-After. POSTs are never
+    sent again (coding agents retry their own rate-limited calls).
+    """
+    if response.status != 429 or method.upper() not in IDEMPOTENT or attempt >= retries:
+        return None
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return min(0.5 * 2.0 ** attempt, RATE_LIMIT_MAX_WAIT_S)
+    try:
+        wait = float(urllib3.Retry.DEFAULT.parse_retry_after(value))
+    except urllib3.exceptions.InvalidHeader:
+        return None  # unreadable: let the client decide
+    return wait if wait <= RATE_LIMIT_MAX_WAIT_S else None
+
+
+def _discard(response: urllib3.BaseHTTPResponse) -> None:
+    """Read off a small answer so its connection can be reused, or drop the connection."""
+    try:
+        response.drain_conn()
+        response.release_conn()
+    except (HTTPError, OSError):
+        response.close()
 
 
 class UpstreamClient:
@@ -205,11 +291,15 @@ class UpstreamClient:
         timeouts: Timeouts,
         handle: SendHandle | None = None,
         retries: int = 0,
+        rate_limit_retries: int = 0,
     ) -> urllib3.BaseHTTPResponse:
         """Send one request and return as soon as the response headers arrived.
 
         The body is not read: the caller owns the response and must either read it to the
         end and ``release_conn()`` or ``close()`` it. Raises :class:`UpstreamError`.
+        *retries* is UPSTREAM_MAX_RETRIES (see :func:`retry_policy`); an idempotent request
+        answered 429 is sent again up to *rate_limit_retries* times (RATE_LIMIT_MAX_RETRIES)
+        when the wait it asks for is short (:func:`_rate_limit_wait`).
         """
         header_dict = urllib3.HTTPHeaderDict()
         for name, value in headers:
@@ -220,11 +310,32 @@ class UpstreamClient:
             header_dict["User-Agent"] = urllib3.util.SKIP_HEADER
         _current.handle = handle
         try:
+            for attempt in range(rate_limit_retries + 1):
+                response = self._send_once(method, url, header_dict, body, timeouts, retries)
+                wait = _rate_limit_wait(response, method, attempt, rate_limit_retries)
+                if wait is None or (handle is not None and handle.abort_reason is not None):
+                    return response
+                _discard(response)
+                if handle is not None:
+                    handle._detach()  # the socket went back to the pool
+                _log.info("upstream.rate_limited_retry", url=display_url(url),
+                          wait_s=round(wait, 3), attempt=attempt + 1)
+                time.sleep(wait)
+            raise AssertionError("unreachable: the last attempt always returns")
+        finally:
+            _current.handle = None
+            if handle is not None:
+                handle._finish()
+
+    def _send_once(self, method: str, url: str, headers: urllib3.HTTPHeaderDict,
+                   body: bytes | None, timeouts: Timeouts, retries: int
+                   ) -> urllib3.BaseHTTPResponse:
+        try:
             return self._pool.request(
                 method,
                 url,
                 body=body,
-                headers=header_dict,
+                headers=headers,
                 preload_content=False,
                 decode_content=False,
                 redirect=False,
@@ -238,10 +349,6 @@ class UpstreamClient:
             # request, never a reason to leave the caller's row unfinished.
             raise UpstreamError("protocol", f"could not send the request upstream: {exc}"
                                 ) from exc
-        finally:
-            _current.handle = None
-            if handle is not None:
-                handle._finish()
 
     def close(self) -> None:
         self._pool.clear()

@@ -235,7 +235,8 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
     sent_at = time.monotonic()
     try:
         upstream = services.client.send(request.method, url, headers, send_body, timeouts,
-                                        pending, retries=settings.upstream_max_retries)
+                                        pending, retries=settings.upstream_max_retries,
+                                        rate_limit_retries=settings.rate_limit_max_retries)
     except UpstreamError as exc:
         if pending.abort_reason is not None:
             return _abandoned(recorder, pending.abort_reason, style)
