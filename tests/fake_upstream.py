@@ -59,14 +59,14 @@ class Script:
 
 
 class FakeUpstream:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.requests: list[Recorded] = []
         self.sent: list[bytearray] = []
         self.scripts: deque[Script] = deque()
         self.client_gone = threading.Event()  # the proxy closed a paused connection
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"upstream": self})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"

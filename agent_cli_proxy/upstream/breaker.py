@@ -5,8 +5,9 @@ One breaker per upstream. ``closed``: requests flow; N consecutive upstream fail
 once (503 with Retry-After) until HALF_OPEN_AFTER has passed. ``half-open``: exactly one
 request at a time is let through as a probe; its success closes the breaker, its failure
 opens it again for another full wait. Only upstream failures count: connection errors,
-timeouts and 5xx answers. A client that leaves, or a 4xx (the upstream answered, and
-refused), is not a failure of the upstream.
+timeouts, 5xx answers, and answers the upstream cut off after they had started. A client
+that leaves, or a 4xx (the upstream answered, and refused), is not a failure of the
+upstream.
 
 Idle closed breakers are forgotten after EVICT_AFTER, so per-provider breakers of
 providers no longer used do not pile up.
@@ -73,7 +74,11 @@ class Breaker:
                 return Admission(True, probe=True)
             return Admission(True)
 
-    def succeeded(self, admission: Admission) -> None:
+    def succeeded(self, admission: Admission, *, answer_pending: bool = False) -> None:
+        """The upstream answered. With *answer_pending* (its first byte came, the rest is
+        still to be relayed) a probe's success closes the breaker at once, so other
+        requests need not wait for a long stream; but the count of consecutive failures
+        is only cleared by :meth:`completed`, since the answer may still be cut off."""
         if not admission._decide():
             return
         with self._lock:
@@ -82,23 +87,40 @@ class Breaker:
                 self._probing = False
                 if self._state == "half-open":
                     _log.info("upstream.breaker_closed", breaker=self.id)
-            if admission.probe or self._state == "closed":
+            if admission.probe or (self._state == "closed" and not answer_pending):
                 self._state, self._failures = "closed", 0
+
+    def completed(self) -> None:
+        """An answer judged by its first byte arrived whole."""
+        with self._lock:
+            if self._state == "closed":
+                self._failures = 0
 
     def failed(self, admission: Admission, reason: str) -> None:
         if not admission._decide():
             return
         with self._lock:
-            now = self._clock.time()
-            self._last_activity = now
             if admission.probe:
                 self._probing = False
-            self._failures += 1
-            if admission.probe or (self._state == "closed"
-                                   and self._failures >= self._open_after):
-                self._state, self._opened_at = "open", now
-                _log.warning("upstream.breaker_open", breaker=self.id, failures=self._failures,
-                             reason=reason, retry_after_s=round(self._half_open_after_s))
+            self._count_failure(reason, open_now=admission.probe)
+
+    def broke_off(self, reason: str) -> None:
+        """An answer that had started (and was judged by its first byte) was cut by the
+        upstream: the connection broke, or it went silent. Counted as one more consecutive
+        failure while closed; a half-open or open breaker has already judged this upstream
+        by a later request."""
+        with self._lock:
+            if self._state == "closed":
+                self._count_failure(reason, open_now=False)
+
+    def _count_failure(self, reason: str, *, open_now: bool) -> None:
+        now = self._clock.time()
+        self._last_activity = now
+        self._failures += 1
+        if open_now or (self._state == "closed" and self._failures >= self._open_after):
+            self._state, self._opened_at = "open", now
+            _log.warning("upstream.breaker_open", breaker=self.id, failures=self._failures,
+                         reason=reason, retry_after_s=round(self._half_open_after_s))
 
     def released(self, admission: Admission) -> None:
         """The request ended without a verdict on the upstream (the client left, a long

@@ -169,7 +169,8 @@ class Relay:
                 out = self._transform.feed(data) if self._transform is not None else data
             except Exception as exc:
                 _log.exception("passthrough.transform_failed")
-                self._error = UpstreamError("protocol", f"proxy transform failed: {exc!r}")
+                self._error = UpstreamError("protocol", f"proxy transform failed: {exc!r}",
+                                            code="transform_failed")
                 return b""
             if out:
                 return out

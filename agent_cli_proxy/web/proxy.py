@@ -273,8 +273,19 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
         sent_at + settings.upstream_timeout_ms / 1000,
         f"UPSTREAM_TIMEOUT_MS={settings.upstream_timeout_ms}")
 
+    answered_ok = False  # the breaker judged the first byte a success
+
     def on_close(result: RelayResult) -> None:
         services.watcher.unwatch(relay)
+        error = result.error
+        if not answered_ok:
+            pass  # judged already: a failure, or no answer to judge
+        elif result.outcome == "completed":
+            breaker.completed()
+        elif error is not None and error.code is None:
+            # The upstream broke the connection or went silent mid-answer (errors with a
+            # code are the proxy's own limits or transform).
+            breaker.broke_off(error.message)
         if recorder is not None:
             recorder.relayed(result, capture, upstream.status)
 
@@ -294,7 +305,8 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
         else:
             # Answered: 4xx (it works and refused) and JSON 5xx (an application error,
             # such as an unknown model, that one client can cause) say the upstream is up.
-            breaker.succeeded(admission)
+            breaker.succeeded(admission, answer_pending=True)
+            answered_ok = True
         if recorder is not None and streaming:
             recorder.first_chunk()
         if streaming:

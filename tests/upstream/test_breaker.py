@@ -111,3 +111,22 @@ def test_the_first_verdict_counts_and_a_late_release_cannot_free_another_probe(
     assert second.probe
     breaker.released(probe)  # the first request's catch-all, after its verdict: ignored
     assert not breaker.admit().allowed  # the second probe still holds the slot
+
+
+def test_answers_cut_off_after_they_started_count_as_failures(breakers: Breakers,
+                                                               clock: Clock) -> None:
+    breaker = breakers.get("up")
+    breaker.failed(breaker.admit(), "HTTP 502")
+    breaker.succeeded(breaker.admit(), answer_pending=True)
+    breaker.completed()  # an answer that arrived whole clears the count
+    assert breaker.snapshot()["failures"] == 0
+    for _ in range(3):  # each stream started fine, then the upstream broke it off
+        breaker.succeeded(breaker.admit(), answer_pending=True)
+        breaker.broke_off("connection reset")
+    assert (breaker.snapshot()["state"], breaker.snapshot()["failures"]) == ("open", 3)
+    clock.now += 30
+    probe = breaker.admit()
+    breaker.broke_off("a stream admitted before it opened")  # judged already: ignored
+    assert breaker.snapshot()["failures"] == 3
+    breaker.succeeded(probe)
+    assert breaker.snapshot()["state"] == "closed"
