@@ -54,3 +54,7 @@ class ProxyServices:
     breakers: Breakers
     ready_cache: ReadyCache = field(default_factory=ReadyCache)
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
+    # CLIProxyAPI integration (issue 6), set by the composition root when configured:
+    # account attribution (CLIPROXY_MGMT_KEY) and quota snapshots. Typed once they land.
+    accounts: Any = None
+    quotas: Any = None
