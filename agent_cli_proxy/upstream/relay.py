@@ -15,6 +15,7 @@ shutdown) to unblock a read that is waiting on a silent upstream.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import socket
 import threading
 import time
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import urllib3
-from urllib3.exceptions import HTTPError
+from urllib3.exceptions import HTTPError, ProtocolError
 
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.upstream.client import UpstreamError, classify_error
@@ -80,6 +81,13 @@ def iter_raw(response: urllib3.BaseHTTPResponse, amt: int = READ_SIZE) -> Iterat
     fp = response._fp  # type: ignore[attr-defined]  # pragma: no cover
     while data := fp.read1(amt):  # pragma: no cover
         yield data
+    if fp.length:  # pragma: no cover  # the upstream closed before the announced end
+        raise ProtocolError("upstream answer ended early",
+                            http.client.IncompleteRead(b"", fp.length))
+    # http.client's read1 (3.11) never marks a Content-Length body as finished, as read()
+    # does; unclosed, the pooled connection would refuse its next request
+    # (ResponseNotReady). Closing the response leaves the socket open for reuse.
+    fp.close()  # pragma: no cover
 
 
 class Relay:
