@@ -127,6 +127,12 @@ def _cost_audit_detail(conn: sqlite3.Connection) -> None:
     schema.add_missing_columns(conn, "cost_audit", schema.COST_AUDIT_PY_COLUMNS)
 
 
+def _usage_matches(conn: sqlite3.Connection) -> None:
+    conn.execute(schema.CLIPROXY_USAGE_MATCHES.create_sql())
+    conn.execute(schema.index_sql("idx_cliproxy_usage_matches_detail_at",
+                                  "cliproxy_usage_matches", "detail_at", ""))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("py-0001-baseline", _baseline,
               "Every table, column and index of the original (snapshot 001-007 and newer "
@@ -138,6 +144,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               "upstream_status, upstream_latency_ms; index on proxy_api_key_id."),
     Migration("py-0004-cost-audit-detail", _cost_audit_detail,
               "cost_audit.rule, price_key, detail_json: how each audited cost was found."),
+    Migration("py-0005-cliproxy-usage-matches", _usage_matches,
+              "cliproxy_usage_matches: CLIProxyAPI usage details the correlator has used."),
 )
 
 

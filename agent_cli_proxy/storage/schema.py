@@ -179,6 +179,17 @@ ACCOUNT_SUBSCRIPTIONS = Table("account_subscriptions", (
     ("bound_at", "TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP"),
 ))
 
+# Added by py-0005: CLIProxyAPI usage details (v6 /usage, v7 usage queue) already matched
+# to a row by the account correlator, so that each is matched at most once, across ticks
+# and restarts (the original rebuilt its pool every tick, spec §12.7). The key is a digest
+# of the detail, never its client API key. Rows older than the look-back are pruned.
+CLIPROXY_USAGE_MATCHES = Table("cliproxy_usage_matches", (
+    ("detail_key", "TEXT PRIMARY KEY"),
+    ("request_log_id", "INTEGER"),
+    ("detail_at", "TEXT NOT NULL"),
+    ("matched_at", "TEXT NOT NULL"),
+))
+
 # api_keys before request_logs: request_logs references it.
 TABLES: tuple[Table, ...] = (
     API_KEYS, REQUEST_LOGS, DAILY_USAGE, DAILY_ACCOUNT_USAGE, QUOTA_SNAPSHOTS, COST_AUDIT,
