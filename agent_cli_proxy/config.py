@@ -13,6 +13,7 @@ and ``man/agent-cli-proxy.env.5`` documents every row (a test keeps them in step
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -43,6 +44,7 @@ from agent_cli_proxy.config_values import (
     text,
 )
 from agent_cli_proxy.envfile import UnreadableFile, read_env_file, read_text
+from agent_cli_proxy.providers.custom_config import ProviderSet, check_document, resolve_tokens
 
 APP = "agent-cli-proxy"
 # Read at call time, so tests can point them elsewhere.
@@ -548,11 +550,23 @@ def _check_cross_field(ctx: _Context) -> None:
 
 
 def _check_providers(ctx: _Context) -> None:
-    """JSON syntax of the custom-provider document now; its schema via the hook below."""
+    """The custom-provider document: readable, valid JSON, and valid per spec §8.4."""
     inline = ctx.values["providers_json"]
     path = ctx.values["providers_config_path"]
     if inline and path:
         ctx.warnings.append("PROVIDERS_CONFIG_PATH is ignored because PROVIDERS_JSON is set")
+    try:
+        found = _provider_document(inline, path)
+    except ConfigError as exc:
+        ctx.issues.extend(exc.issues)
+        return
+    if found is not None:
+        ctx.issues.extend(provider_document_issues(found[1]))
+
+
+def _provider_document(inline: str, path: str) -> tuple[str, object] | None:
+    """(variable, parsed document) of the custom providers, None when none is configured;
+    ConfigError when the file cannot be read or the JSON is invalid."""
     if inline:
         name, source = "PROVIDERS_JSON", inline
     elif path:
@@ -560,23 +574,61 @@ def _check_providers(ctx: _Context) -> None:
         try:
             source = read_text(path)
         except UnreadableFile as exc:
-            ctx.issues.append(ConfigIssue(name, f"could not be read: {exc}"))
-            return
+            raise ConfigError([ConfigIssue(name, f"could not be read: {exc}")]) from None
     else:
-        return
+        return None
     try:
-        document = json.loads(source)
+        return name, json.loads(source)
     except ValueError as exc:
-        ctx.issues.append(ConfigIssue(name, f"must be valid JSON: {exc}"))
-        return
-    ctx.issues.extend(provider_document_issues(document))
+        raise ConfigError([ConfigIssue(name, f"must be valid JSON: {exc}")]) from None
 
 
 def provider_document_issues(document: object) -> list[ConfigIssue]:
     """Schema problems of a parsed provider document (spec §8.4), named like
-    ``providers[0].id``. Hook: the providers package's validator is called from here once it
-    exists; until then a syntactically valid document is accepted."""
-    return []
+    ``providers[0].id``; messages never repeat a value (it may be a secret)."""
+    return [ConfigIssue(name, message) for name, message in check_document(document)[1]]
+
+
+def load_providers(settings: Settings, environ: Mapping[str, str] | None = None
+                   ) -> ProviderSet:
+    """The custom providers *settings* name, read afresh (the file may have changed since
+    the settings were loaded), with ``auth.env`` tokens looked up in *environ* (default
+    ``os.environ``) and then in the env file *settings* came from. ConfigError lists every
+    problem."""
+    found = _provider_document(settings.providers_json, settings.providers_config_path)
+    if found is None:
+        return ProviderSet()
+    name, document = found
+    providers, problems = check_document(document)
+    if problems:
+        raise ConfigError(ConfigIssue(n, m) for n, m in problems)
+    process_env: Mapping[str, str] = os.environ if environ is None else environ
+    file_values: dict[str, str] = {}
+    if settings.env_file is not None:
+        # It was read fine when the settings were loaded; if it is gone now, only the
+        # tokens it held go missing (and are reported as unset).
+        with contextlib.suppress(UnreadableFile):
+            file_values = read_env_file(settings.env_file)[0]
+
+    def lookup(variable: str) -> str | None:
+        return process_env.get(variable) or file_values.get(variable)
+
+    providers, warnings = resolve_tokens(providers, lookup)
+    return ProviderSet(providers, source=name,
+                       path=settings.providers_config_path if name != "PROVIDERS_JSON" else None,
+                       warnings=tuple(warnings))
+
+
+def default_providers_path(environ: Mapping[str, str] | None = None) -> str | None:
+    """Where ``providers init`` puts a new providers file when PROVIDERS_CONFIG_PATH is
+    unset: ``$XDG_CONFIG_HOME/agent-cli-proxy/providers.json``, else under ``~/.config``;
+    None without a home directory."""
+    process_env: Mapping[str, str] = os.environ if environ is None else environ
+    home = (process_env.get("HOME") or "").strip() or None
+    if home is None and environ is None:
+        home = os.path.expanduser("~") if os.path.expanduser("~") != "~" else None
+    config_home = _xdg_dir(_Context(process_env, {}, None, home), "XDG_CONFIG_HOME", ".config")
+    return os.path.join(config_home, APP, "providers.json") if config_home else None
 
 
 # --- Helpers for the rest of the program ----------------------------------------------------
