@@ -82,19 +82,22 @@ def latest_snapshots(db: Database, *, provider: str | None = None,
     window with the same timestamp, the later insert wins.
     """
     where, params = _filters(provider, account)
+    # The newest timestamp of each account comes from the (provider, account, timestamp)
+    # index; a window function over the whole history would read every row.
     rows = db.reader().execute(f"""
-        SELECT * FROM quota_snapshots WHERE id IN (
-          SELECT id FROM (
-            SELECT id, timestamp,
-                   MAX(timestamp) OVER (PARTITION BY provider, account) AS newest,
-                   ROW_NUMBER() OVER (PARTITION BY provider, account, quota_type
-                                      ORDER BY timestamp DESC, id DESC) AS rn
-            FROM quota_snapshots {"WHERE " + where if where else ""}
-          ) WHERE rn = 1 AND timestamp = newest
+        WITH newest AS (
+          SELECT provider, account, MAX(timestamp) AS timestamp FROM quota_snapshots
+          {"WHERE " + where if where else ""} GROUP BY provider, account
         )
-        ORDER BY provider, account, quota_type
+        SELECT q.* FROM newest JOIN quota_snapshots AS q
+          ON q.provider = newest.provider AND q.account = newest.account
+          AND q.timestamp = newest.timestamp
+        ORDER BY q.provider, q.account, q.quota_type, q.id
         """, params).fetchall()
-    return [dict(r) for r in rows]
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for row in rows:  # ordered by id within a window: the later insert wins
+        latest[(row["provider"], row["account"], row["quota_type"])] = dict(row)
+    return list(latest.values())
 
 
 def snapshot_history(db: Database, *, since: str, provider: str | None = None,
