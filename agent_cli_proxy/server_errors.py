@@ -47,8 +47,11 @@ class JsonErrorTask(ErrorTask):
         response = client_error(error_style(path or "/"), error.code,
                                 _CODES.get(error.code, "bad_request"), message, **extra)
         self.status = f"{error.code} {error.reason}"
-        self.response_headers = [*self.response_headers, ("Content-Type", "application/json")]
-        self.set_close_on_finish()
+        # The request may be unread (a refused body): the connection cannot be reused.
+        # Said explicitly, as waitress 2.1 (no set_close_on_finish yet) does.
+        self.response_headers = [*self.response_headers, ("Content-Type", "application/json"),
+                                 ("Connection", "close")]
+        self.close_on_finish = True
         body = response.get_data()
         self.content_length = len(body)
         self.write(body)
