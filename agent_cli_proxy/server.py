@@ -21,7 +21,7 @@ from waitress.trigger import trigger as Trigger
 
 from agent_cli_proxy import __version__
 from agent_cli_proxy.clock import SYSTEM_CLOCK
-from agent_cli_proxy.config import Settings, ensure_directories
+from agent_cli_proxy.config import ConfigError, Settings, ensure_directories, load_settings
 from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.sdnotify import notify
@@ -111,11 +111,15 @@ def serve(settings: Settings) -> int:
     # Alone on the database, every pending row was left by a process that died.
     max_age_ms = 0 if lock is not None else settings.stale_pending_max_age_ms
     recover_stale_pending(db, max_age_ms, int(SYSTEM_CLOCK.time() * 1000) + 1)
-    app = create_app(settings, db)
+    app = create_app(settings, db, reload_settings=lambda: _reread(settings))
     server = make_server(app, settings)
     app.start_background()
-    for warning in settings.warnings:
+    providers = app.services.providers.current
+    for warning in (*settings.warnings, *providers.warnings):
         _log.warning("config.warning", message=warning)
+    if providers.providers:
+        _log.info("providers.loaded", source=providers.source, path=providers.path,
+                  providers=[p.id for p in providers.providers])
     port = int(server.effective_port)  # waitress reports it as text
 
     def announce() -> None:
@@ -131,6 +135,24 @@ def serve(settings: Settings) -> int:
     finally:
         if lock is not None:
             lock.release()
+
+
+def _reread(settings: Settings) -> Settings:
+    """The configuration as it is now, from the env file the server started with (or the
+    one the default search finds, if it found none then)."""
+    return load_settings(env_file=settings.env_file)
+
+
+def reload_providers(app: ProxyApp, reason: str) -> None:
+    """Swap in the custom providers as configured now; on any problem keep the ones in
+    force (the registry logs every problem). For SIGHUP: runs in its own thread."""
+    _log.info("providers.reload_requested", reason=reason)
+    try:
+        app.services.providers.reload()
+    except ConfigError:
+        pass  # logged by the registry, with every issue
+    except Exception:
+        _log.exception("providers.reload_failed")
 
 
 def _stop_accepting(server: Any) -> None:
@@ -182,6 +204,12 @@ def run_until_stopped(server: Any, app: ProxyApp, db: Database,
         _stop_accepting(server)
         threading.Thread(target=drain_then_stop, name="shutdown-drain", daemon=True).start()
 
+    def on_hangup(signum: int, _frame: FrameType | None) -> None:
+        # Reading files and taking locks do not belong in a signal handler (it runs
+        # between two bytecodes of whatever the main thread was doing): a thread does it.
+        threading.Thread(target=reload_providers, args=(app, signal.Signals(signum).name),
+                         name="providers-reload", daemon=True).start()
+
     previous: dict[int, Any] = {}
     install = not app.services.settings.disable_shutdown_handlers
     if install and threading.current_thread() is threading.main_thread():
@@ -189,6 +217,11 @@ def run_until_stopped(server: Any, app: ProxyApp, db: Database,
         # finalization, no WAL checkpoint): turn it into an orderly stop.
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
+        hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+        if hangup is not None:
+            # The default SIGHUP ends the process; here it reloads the custom providers
+            # (systemctl reload), as daemons conventionally do.
+            previous[hangup] = signal.signal(hangup, on_hangup)
     # Only now: whoever acts on "ready" may send the stop signal straight away.
     if on_ready is not None:
         on_ready()

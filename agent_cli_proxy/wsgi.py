@@ -8,13 +8,16 @@ loops (pricing refresh, cost backfill) are registered here and started by the se
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from agent_cli_proxy.clock import SYSTEM_CLOCK, Clock
-from agent_cli_proxy.config import Settings
+from agent_cli_proxy.config import Settings, load_providers
 from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.upstream.breaker import Breakers
 from agent_cli_proxy.upstream.client import UpstreamClient
 from agent_cli_proxy.web.app import ProxyApp
 from agent_cli_proxy.web.disconnects import DisconnectWatcher
+from agent_cli_proxy.web.provider_registry import ProviderRegistry
 from agent_cli_proxy.web.services import ProxyServices
 from agent_cli_proxy.workers.backfill import CostBackfill
 from agent_cli_proxy.workers.pricing import PricingService
@@ -22,8 +25,16 @@ from agent_cli_proxy.workers.supervisor import Supervisor
 
 
 def create_app(settings: Settings, db: Database, *, clock: Clock = SYSTEM_CLOCK,
-               disconnect_poll_s: float = 0.25) -> ProxyApp:
-    """Build the WSGI app over an open, migrated database. The caller owns ``db``."""
+               disconnect_poll_s: float = 0.25,
+               reload_settings: Callable[[], Settings] | None = None) -> ProxyApp:
+    """Build the WSGI app over an open, migrated database. The caller owns ``db``.
+
+    *reload_settings* reads the configuration afresh when the providers are reloaded
+    (the server re-reads the env file); by default the same settings are used, so only
+    the PROVIDERS_CONFIG_PATH file is read again. Raises ConfigError when the custom
+    providers are invalid."""
+    fresh = reload_settings or (lambda: settings)
+    providers = ProviderRegistry(load_providers(settings), lambda: load_providers(fresh()))
     pricing = PricingService(settings, clock=clock)
     pricing.load()  # cache file or built-in table: fast, no network
     supervisor = Supervisor(clock=clock)
@@ -46,5 +57,6 @@ def create_app(settings: Settings, db: Database, *, clock: Clock = SYSTEM_CLOCK,
             half_open_after_s=settings.upstream_circuit_breaker_half_open_after_ms / 1000,
             evict_after_s=settings.upstream_circuit_breaker_evict_after_ms / 1000,
             clock=clock),
+        providers=providers,
     )
     return ProxyApp(services)

@@ -59,24 +59,34 @@ def _narrow_accept_encoding(value: str) -> str | None:
     return ", ".join(kept) if kept else None
 
 
-def upstream_request_headers(client_headers: Iterable[tuple[str, str]], api_key: str) -> Headers:
-    """Headers to send upstream for a request the client sent with *client_headers*."""
+def passthrough_headers(client_headers: Iterable[tuple[str, str]]) -> Headers:
+    """*client_headers* without what belongs to the client's connection, and with
+    ``Accept-Encoding`` narrowed; credentials untouched."""
     client_headers = list(client_headers)
     dropped = HOP_BY_HOP | _RECOMPUTED | _connection_tokens(client_headers)
     out: Headers = []
-    credential_seen = False
     for name, value in client_headers:
         lower = name.lower()
         if lower in dropped:
-            continue
-        if lower in CREDENTIAL_HEADERS:
-            credential_seen = True
-            out.append((name, f"Bearer {api_key}" if lower == "authorization" else api_key))
             continue
         if lower == "accept-encoding":
             narrowed = _narrow_accept_encoding(value)
             if narrowed is not None:
                 out.append((name, narrowed))
+            continue
+        out.append((name, value))
+    return out
+
+
+def upstream_request_headers(client_headers: Iterable[tuple[str, str]], api_key: str) -> Headers:
+    """Headers to send upstream for a request the client sent with *client_headers*."""
+    out: Headers = []
+    credential_seen = False
+    for name, value in passthrough_headers(client_headers):
+        lower = name.lower()
+        if lower in CREDENTIAL_HEADERS:
+            credential_seen = True
+            out.append((name, f"Bearer {api_key}" if lower == "authorization" else api_key))
             continue
         out.append((name, value))
     if not credential_seen:

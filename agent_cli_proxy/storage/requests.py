@@ -83,6 +83,9 @@ class PendingRow:
     identify_rule: str | None
     proxy_api_key_id: int | None = None
     """The managed proxy API key the client presented (``api_keys.id``), if any."""
+    actual_provider: str | None = None
+    """The upstream that serves the call: ``cliproxyapi`` (CLI_PROXY_API_URL) or a custom
+    provider's id (``provider`` keeps the API family)."""
 
 
 def insert_pending(db: Database, row: PendingRow) -> int:
@@ -96,14 +99,14 @@ def insert_pending(db: Database, row: PendingRow) -> int:
               reasoning_tokens, cache_creation_1h_tokens, total_tokens, cost_usd,
               incomplete, started_at, request_id, meta_json, user_agent, source_ip,
               lifecycle_status, cost_status, agent, source, msg_id, session_id,
-              identify_rule, proxy_api_key_id
+              identify_rule, proxy_api_key_id, actual_provider
             ) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0, 0, 0, 0, 0, 0, ?, ?, ?, ?, ?,
-                      'pending', 'unresolved', ?, 'proxy', ?, ?, ?, ?)
+                      'pending', 'unresolved', ?, 'proxy', ?, ?, ?, ?, ?)
             """,
             (row.provider, row.model, row.requested_model, row.tool, row.client_id,
              row.path, int(row.streamed), row.started_at, row.request_id, row.meta_json,
              row.user_agent, row.source_ip, row.agent, row.msg_id, row.session_id,
-             row.identify_rule, row.proxy_api_key_id),
+             row.identify_rule, row.proxy_api_key_id, row.actual_provider),
         )
         row_id = cur.lastrowid
     assert row_id is not None

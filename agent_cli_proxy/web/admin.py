@@ -12,7 +12,6 @@ import hmac
 from werkzeug.wrappers import Request, Response
 
 from agent_cli_proxy.config import Settings
-from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.storage.costs import cost_audit_for
 from agent_cli_proxy.storage.requests import get_request
 from agent_cli_proxy.usage.pricing import PriceEntry, Rates
@@ -97,19 +96,6 @@ def cost_audit(services: ProxyServices, request: Request, row_id: int) -> Respon
     if get_request(services.db, row_id) is None:
         return json_error(404, "not_found", f"no request log with id {row_id}")
     return json_response({"id": row_id, "audits": cost_audit_for(services.db, row_id)})
-
-
-def providers(services: ProxyServices, request: Request) -> Response:
-    """``GET /admin/providers``: where each path is forwarded, and with which credential."""
-    return json_response({"providers": [{
-        "id": "cliproxyapi",
-        "type": "cliproxyapi",
-        "builtin": True,
-        "upstreamBaseUrl": display_url(services.settings.cli_proxy_api_url),
-        "paths": ["/", "/v1/*", "/v1beta/*", "/v1alpha/*", "/v1internal:*", "/api/*"],
-        # The client's own credentials are replaced; the key itself is never shown.
-        "auth": {"type": "bearer", "env": "CLI_PROXY_API_KEY"},
-    }]})
 
 
 def breakers(services: ProxyServices, request: Request) -> Response:

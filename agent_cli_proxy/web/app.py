@@ -18,6 +18,7 @@ from werkzeug.wrappers import Request
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.web import (
     admin,
+    admin_providers,
     admin_usage,
     api_keys,
     metrics,
@@ -73,7 +74,8 @@ ROUTES: dict[str, tuple[str, list[str] | None, Handler]] = {
     "admin_quotas": ("/admin/quotas", _READ, admin_usage.quotas),
     "admin_pricing": ("/admin/pricing", _READ, admin.pricing),
     "admin_config": ("/admin/config", _READ, admin_usage.config),
-    "admin_providers": ("/admin/providers", _READ, admin.providers),
+    "admin_providers": ("/admin/providers", _READ, admin_providers.providers),
+    "admin_providers_reload": ("/admin/providers/reload", ["POST"], admin_providers.reload),
     "admin_openapi": ("/admin/openapi.json", _READ, openapi.handle),
     "admin_api_keys": ("/admin/api-keys", _READ, api_keys.list_all),
     "admin_api_keys_create": ("/admin/api-keys", ["POST"], api_keys.create),

@@ -107,7 +107,17 @@ PATHS: dict[str, dict[str, Any]] = {
         _param("model", "Model name as a client would send it."),
         _param("provider", "API family hint (openai, anthropic, gemini)."))},
     "/admin/config": {"get": _get("Effective configuration, every secret redacted.")},
-    "/admin/providers": {"get": _get("Upstreams and the paths forwarded to them.")},
+    "/admin/providers": {"get": _get(
+        "The default upstream and the custom providers: paths, models, auth type (never a "
+        "credential; provider headers by name only).", errors=())},
+    "/admin/providers/reload": {"post": {
+        "summary": "Re-read the custom providers (PROVIDERS_JSON / PROVIDERS_CONFIG_PATH) "
+                   "and put them in force; on any problem the providers in force stay.",
+        "parameters": [],
+        "responses": {"200": _JSON_OK,
+                      "400": {"description": "The configuration is invalid; ``issues`` "
+                                             "names every problem."},
+                      "401": _ERRORS["401"], "403": _ERRORS["403"]}}},
     "/admin/openapi.json": {"get": _get("This document.", errors=())},
     "/admin/breakers": {"get": _get("Circuit breaker of every upstream used so far.",
                                     errors=())},

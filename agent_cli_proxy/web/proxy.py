@@ -11,6 +11,7 @@ from __future__ import annotations
 import http
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.wrappers import Request, Response
@@ -18,13 +19,24 @@ from werkzeug.wrappers import Request, Response
 from agent_cli_proxy.config import Settings
 from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
+from agent_cli_proxy.providers import custom_forwarding
+from agent_cli_proxy.providers.custom_config import DEFAULT_ID, CustomProvider
+from agent_cli_proxy.providers.custom_routing import SelectionError, select
 from agent_cli_proxy.providers.forwarding import (
+    Headers,
     client_response_headers,
     replace_query_key,
     upstream_request_headers,
 )
 from agent_cli_proxy.providers.openai_chat import UsageChunkFilter, inject_include_usage
-from agent_cli_proxy.providers.routes import Family, LLMCall, classify, error_style
+from agent_cli_proxy.providers.routes import (
+    Family,
+    LLMCall,
+    classify,
+    error_style,
+    parse_json_object,
+)
+from agent_cli_proxy.storage.api_keys import KEY_SCHEME
 from agent_cli_proxy.upstream.breaker import Admission, Breaker
 from agent_cli_proxy.upstream.capture import UsageCapture
 from agent_cli_proxy.upstream.client import SendHandle, Timeouts, UpstreamError
@@ -37,7 +49,7 @@ from agent_cli_proxy.web.recorder import CallRecorder
 from agent_cli_proxy.web.services import ProxyServices
 
 _log = get_logger("proxy")
-UPSTREAM_ID = "cliproxyapi"  # the one upstream until custom providers arrive
+UPSTREAM_ID = DEFAULT_ID  # the default upstream's breaker and recorded provider id
 WSGIApp = Any  # the werkzeug Response or a RelayedResponse, both WSGI applications
 _ERROR_STATUS = {"timeout": 504, "connect": 502, "protocol": 502}
 _ERROR_CODE = {"timeout": "upstream_timeout", "connect": "upstream_unavailable",
@@ -137,13 +149,14 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
                                       call.provider if call else None)
     if refused is not None:
         return refused
+    try:
+        route = _route(services, request, call, body, path, query)
+    except SelectionError as exc:
+        _log.info("proxy.provider_refused", code=exc.code, provider=exc.provider_id[:80],
+                  path=path)
+        return client_error(style, 400, exc.code, exc.message, provider=exc.provider_id)
     key_id = record.id if record is not None else None
-    transform: Transform | None = None
-    if call is not None and call.family is Family.OPENAI_CHAT and call.stream:
-        injected = inject_include_usage(body)
-        if injected is not None:
-            body, transform = injected, UsageChunkFilter()
-    recorder = (_start_recording(services, request, call, path, key_id)
+    recorder = (_start_recording(services, request, call, path, key_id, route.id)
                 if call is not None else None)
     if recorder is not None and recorder.row_id is None and settings.proxy_require_api_key:
         # With client keys, usage per key is the point: never serve a call unrecorded.
@@ -151,8 +164,7 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
         return client_error(style, 503, "recording_failed",
                             "the proxy could not record this call; try again")
     try:
-        return _forward(services, request, call, recorder, body, path, query, transform,
-                        style)
+        return _forward(services, request, call, recorder, route, style)
     except Exception as exc:
         # A defect must not leave the row pending or the upstream connection open; the
         # relay (if any) was closed by _forward.
@@ -162,33 +174,134 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
         return client_error(style, 500, "internal_error", "internal proxy error")
 
 
+# (content type, is it an event stream) of the upstream answer -> the filter its body goes
+# through on the way to the client, or None to relay it unchanged.
+ResponseTransform = Callable[[str | None, bool], Transform | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one request goes and in what form: the default upstream or a custom provider."""
+
+    id: str
+    """Breaker id, and the provider recorded in ``request_logs.actual_provider``."""
+    base_url: str
+    url: str
+    headers: Headers
+    body: bytes
+    respond: ResponseTransform | None = None
+
+
+def _usage_filter(content_type: str | None, event_stream: bool) -> Transform | None:
+    # Only a stream has the usage chunk the proxy asked for on the client's behalf.
+    return UsageChunkFilter() if event_stream else None
+
+
+def _route(services: ProxyServices, request: Request, call: LLMCall | None, body: bytes,
+           path: str, query: str) -> Route:
+    """Pick the upstream (providers.custom_routing) and build the request it gets.
+    Raises SelectionError for a provider named explicitly that cannot serve it."""
+    settings = services.settings
+    provider_set = services.providers.current
+    model = call.requested_model if call is not None else None
+    if call is None and provider_set.providers:
+        model = _body_model(body)
+    provider = select(provider_set, request.path, header_id=request.headers.get("x-provider"),
+                      body=body, model=model).provider
+    client_headers = [(n, v) for n, v in request.headers.items()
+                      if n.lower() not in custom_forwarding.PROXY_ONLY_HEADERS]
+    if provider is None:
+        key = settings.cli_proxy_api_key
+        query = replace_query_key(query, key)
+        route_id, base_url = UPSTREAM_ID, settings.cli_proxy_api_url
+        url = base_url + path + (f"?{query}" if query else "")
+        headers = upstream_request_headers(client_headers, key)
+    else:
+        route_id, base_url = provider.id, provider.upstream_base_url
+        url, headers, body = _to_provider(services, request, provider, body, path, query)
+    respond: ResponseTransform | None = None
+    if call is not None and call.family is Family.OPENAI_CHAT and call.stream:
+        injected = inject_include_usage(body)
+        if injected is not None:
+            body, respond = injected, _usage_filter
+    if (provider is not None and provider.transform == "claude-code"
+            and request.method == "POST" and request.path == "/v1/messages"):
+        headers, body, respond = _claude_code(settings, request, headers, body)
+    if respond is not None:
+        # The filters read the body: a compressed answer would have nothing to read.
+        headers = [(n, v) for n, v in headers if n.lower() != "accept-encoding"]
+    return Route(route_id, base_url, url, headers, body, respond)
+
+
+def _to_provider(services: ProxyServices, request: Request, provider: CustomProvider,
+                 body: bytes, path: str, query: str) -> tuple[str, Headers, bytes]:
+    """URL, headers and body of a request to a custom provider."""
+    settings = services.settings
+    if provider.strip_provider_field:
+        body = custom_forwarding.strip_provider_field(body)
+    # A managed key is the proxy's business: it never goes to any upstream.
+    proxy_keys = frozenset(k for k in api_keys.presented_keys(request)
+                           if k.startswith(KEY_SCHEME))
+    query = custom_forwarding.request_query(
+        query, provider, default_url=settings.cli_proxy_api_url,
+        default_key=settings.cli_proxy_api_key, proxy_keys=proxy_keys)
+    headers = custom_forwarding.request_headers(
+        [(n, v) for n, v in request.headers.items()], provider,
+        default_url=settings.cli_proxy_api_url, default_key=settings.cli_proxy_api_key,
+        proxy_keys=proxy_keys)
+    return custom_forwarding.upstream_url(provider, path, query), headers, body
+
+
+def _body_model(body: bytes) -> str | None:
+    """The body's ``model``, for choosing a provider for a call that is not recorded."""
+    obj = parse_json_object(body) if body.lstrip()[:1] == b"{" else None
+    model = obj.get("model") if obj is not None else None
+    return model if isinstance(model, str) and model else None
+
+
+def _claude_code(settings: Settings, request: Request, headers: Headers, body: bytes
+                 ) -> tuple[Headers, bytes, ResponseTransform | None]:
+    """A provider's ``"transform": "claude-code"``: the call made to look like Claude
+    Code's own, and the client's tool names given back in the answer. Never applied to a
+    request Claude Code itself sent."""
+    try:
+        # Imported when first used: the transform is opt-in per provider.
+        from agent_cli_proxy.providers import claude_code
+    except ImportError:  # pragma: no cover - only while the module is being written
+        _log.error("providers.transform_unavailable", transform="claude-code")
+        return headers, body, None
+    if claude_code.is_claude_code(request.headers):
+        return headers, body, None
+    options = claude_code.ClaudeCodeOptions.from_settings(settings)
+    names = claude_code.tool_name_map(body, options)  # from the client's own body
+    headers, body = claude_code.rewrite_request(headers, body, options)
+
+    def respond(content_type: str | None, event_stream: bool) -> Transform | None:
+        return claude_code.response_rewriter(content_type, event_stream, options,
+                                             tool_names=names)
+
+    return headers, body, respond
+
+
 def _forward(services: ProxyServices, request: Request, call: LLMCall | None,
-             recorder: CallRecorder | None, body: bytes, path: str, query: str,
-             transform: Transform | None, style: str) -> WSGIApp:
+             recorder: CallRecorder | None, route: Route, style: str) -> WSGIApp:
     """Send upstream and build the relayed response (or a clean JSON error)."""
     settings = services.settings
-    query = replace_query_key(query, settings.cli_proxy_api_key)
-    url = settings.cli_proxy_api_url + path + (f"?{query}" if query else "")
-    headers = upstream_request_headers(request.headers.items(), settings.cli_proxy_api_key)
-    if transform is not None:
-        # The usage-chunk filter reads lines; a compressed stream would have none.
-        headers = [(n, v) for n, v in headers if n.lower() != "accept-encoding"]
     streaming = bool(call and call.stream)
     read_ms = (settings.upstream_stream_first_byte_timeout_ms if streaming
                else settings.upstream_timeout_ms)
     timeouts = Timeouts(connect=settings.upstream_connect_timeout_ms / 1000, read=read_ms / 1000)
-    send_body = body if body or request.method not in ("GET", "HEAD") else None
+    send_body = route.body if route.body or request.method not in ("GET", "HEAD") else None
     client_gone = request.environ.get("waitress.client_disconnected")
     client_gone = client_gone if callable(client_gone) else None
 
-    breaker = services.breakers.get(UPSTREAM_ID)
+    breaker = services.breakers.get(route.id)
     admission = breaker.admit()
     if not admission.allowed:
-        return _circuit_open(recorder, admission.retry_after_s, style)
+        return _circuit_open(recorder, route.id, admission.retry_after_s, style)
     try:
-        return _send_and_relay(services, request, call, recorder, url, headers, send_body,
-                               timeouts, transform, streaming, client_gone, breaker,
-                               admission, style)
+        return _send_and_relay(services, request, call, recorder, route, send_body,
+                               timeouts, streaming, client_gone, breaker, admission, style)
     finally:
         # Whatever happened without a verdict (a defect, an exception) frees the probe
         # slot; after a verdict this does nothing.
@@ -222,11 +335,12 @@ def _judge(breaker: Breaker, admission: Admission, exc: UpstreamError,
 
 
 def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | None,
-                    recorder: CallRecorder | None, url: str, headers: list[tuple[str, str]],
-                    send_body: bytes | None, timeouts: Timeouts, transform: Transform | None,
-                    streaming: bool, client_gone: Callable[[], bool] | None,
-                    breaker: Breaker, admission: Admission, style: str) -> WSGIApp:
+                    recorder: CallRecorder | None, route: Route, send_body: bytes | None,
+                    timeouts: Timeouts, streaming: bool,
+                    client_gone: Callable[[], bool] | None, breaker: Breaker,
+                    admission: Admission, style: str) -> WSGIApp:
     settings = services.settings
+    shown_url = display_url(route.base_url)
     pending = SendHandle()
     if client_gone is not None:
         services.watcher.watch(client_gone, pending)
@@ -234,7 +348,8 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
         recorder.sending()
     sent_at = time.monotonic()
     try:
-        upstream = services.client.send(request.method, url, headers, send_body, timeouts,
+        upstream = services.client.send(request.method, route.url, route.headers, send_body,
+                                        timeouts,
                                         pending, retries=settings.upstream_max_retries,
                                         rate_limit_retries=settings.rate_limit_max_retries)
     except UpstreamError as exc:
@@ -242,7 +357,7 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
             return _abandoned(recorder, pending.abort_reason, style)
         _judge(breaker, admission, exc, streaming)
         return _upstream_failed(_named_limit(exc, settings, streaming), recorder, call,
-                                display_url(settings.cli_proxy_api_url), style)
+                                shown_url, style)
     finally:
         services.watcher.unwatch(pending)
     if pending.abort_reason is not None:  # headers came back just as the abort did
@@ -254,8 +369,12 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
     capture = UsageCapture(call.family if call else None,
                            content_type=upstream.headers.get("Content-Type"),
                            content_encoding=upstream.headers.get("Content-Encoding"))
-    if transform is not None and not (capture.is_event_stream and capture.is_plain):
-        transform = None  # an error body, a JSON answer or compressed bytes: leave as is
+    transform: Transform | None = None
+    if route.respond is not None and capture.is_plain:
+        # The filter decides by the answer's type (an error body may need none);
+        # compressed bytes are never touched.
+        transform = route.respond(upstream.headers.get("Content-Type"),
+                                  capture.is_event_stream)
     limit = None if capture.is_event_stream else settings.max_response_body_bytes
     length = upstream.headers.get("Content-Length") or ""
     if limit is not None and length.isdigit() and int(length) > limit:
@@ -265,8 +384,7 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
         too_large = UpstreamError(
             "protocol", f"upstream answer of {length} bytes is larger than {limit} "
             "(MAX_RESPONSE_BODY_BYTES)", code="response_too_large")
-        return _upstream_failed(too_large, recorder, call,
-                                display_url(settings.cli_proxy_api_url), style, upstream.status)
+        return _upstream_failed(too_large, recorder, call, shown_url, style, upstream.status)
     # A non-streaming call must be complete within UPSTREAM_TIMEOUT_MS, not merely never
     # silent that long; a stream only must not go silent (its read timeout).
     deadline = None if streaming else (
@@ -317,9 +435,7 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
                                                    body_changed=transform is not None)
     except UpstreamError as exc:
         # Nothing reached the client yet: answer with a clean error, not a cut stream.
-        response = _upstream_failed(exc, recorder, call,
-                                    display_url(settings.cli_proxy_api_url), style,
-                                    upstream.status)
+        response = _upstream_failed(exc, recorder, call, shown_url, style, upstream.status)
         relay.close()
         return response
     except BaseException:
@@ -329,7 +445,7 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
 
 
 def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
-                     path: str, key_id: int | None) -> CallRecorder:
+                     path: str, key_id: int | None, upstream_id: str) -> CallRecorder:
     """Identify the caller and write the pending row (before the upstream is asked)."""
     headers = request.headers
     recorder = CallRecorder(services.db, services.clock, lambda: services.pricing.table,
@@ -341,7 +457,8 @@ def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
                    if headers.get(h)), None)
     recorder.start(identity, method=request.method, user_agent=headers.get("User-Agent"),
                    source_ip=client_address(request, services.settings.trust_proxy_headers) or None,
-                   msg_id=msg_id, originator=headers.get("originator"), api_key_id=key_id)
+                   msg_id=msg_id, originator=headers.get("originator"), api_key_id=key_id,
+                   actual_provider=upstream_id)
     return recorder
 
 
@@ -362,9 +479,10 @@ def _upstream_failed(exc: UpstreamError, recorder: CallRecorder | None,
     return _error_response(exc, style)
 
 
-def _circuit_open(recorder: CallRecorder | None, retry_after_s: int, style: str) -> Response:
+def _circuit_open(recorder: CallRecorder | None, upstream_id: str, retry_after_s: int,
+                  style: str) -> Response:
     """The upstream keeps failing: refuse at once instead of piling more on it."""
-    message = f"upstream {UPSTREAM_ID} is failing; retry in {retry_after_s} s"
+    message = f"upstream {upstream_id} is failing; retry in {retry_after_s} s"
     if recorder is not None:
         recorder.fail(503, "circuit_open", message)
     response = client_error(style, 503, "circuit_open", message, retry_after=retry_after_s)

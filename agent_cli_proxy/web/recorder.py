@@ -60,7 +60,9 @@ class CallRecorder:
 
     def start(self, identity: Identity, *, method: str, user_agent: str | None,
               source_ip: str | None, msg_id: str | None, originator: str | None,
-              api_key_id: int | None = None) -> None:
+              api_key_id: int | None = None, actual_provider: str | None = None) -> None:
+        """Write the pending row. *actual_provider*: the upstream serving the call
+        (``cliproxyapi`` or a custom provider's id)."""
         meta = {"method": method, "originator": originator, "session_id": identity.session_id,
                 "tool_version": identity.tool_version}
         self._tool = identity.tool
@@ -82,6 +84,7 @@ class CallRecorder:
             session_id=identity.session_id,
             identify_rule=identity.rule,
             proxy_api_key_id=api_key_id,
+            actual_provider=actual_provider,
         )
         try:
             self.row_id = insert_pending(self._db, row)

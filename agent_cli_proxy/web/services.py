@@ -11,12 +11,14 @@ from typing import Any, Protocol
 
 from agent_cli_proxy.clock import Clock
 from agent_cli_proxy.config import Settings
+from agent_cli_proxy.providers.custom_config import ProviderSet
 from agent_cli_proxy.proxy_metrics import ProxyMetrics
 from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.upstream.breaker import Breakers
 from agent_cli_proxy.upstream.client import UpstreamClient
 from agent_cli_proxy.usage.pricing import PriceTable
 from agent_cli_proxy.web.disconnects import DisconnectWatcher
+from agent_cli_proxy.web.provider_registry import ProviderRegistry
 from agent_cli_proxy.web.ready_cache import ReadyCache
 
 
@@ -54,6 +56,8 @@ class ProxyServices:
     breakers: Breakers
     ready_cache: ReadyCache = field(default_factory=ReadyCache)
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
+    providers: ProviderRegistry = field(
+        default_factory=lambda: ProviderRegistry(ProviderSet(), ProviderSet))
     # CLIProxyAPI integration (issue 6), set by the composition root when configured:
     # account attribution (CLIPROXY_MGMT_KEY) and quota snapshots. Typed once they land.
     accounts: Any = None
