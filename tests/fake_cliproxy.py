@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs
 
+from agent_cli_proxy.usage.model import Usage
 from tests import wire
 from tests.fake_upstream import FakeUpstream, Recorded, Script, _Handler, default_response
 
@@ -57,6 +58,11 @@ LLM_ROUTES = ("/v1/chat/completions", "/v1/messages", "/v1/responses")
 # Which provider's accounts CPA would pick for each route's canned model.
 _ROUTE_PROVIDER = {"/v1/messages": "claude", "/v1/chat/completions": "codex",
                    "/v1/responses": "codex"}
+# The model and usage CPA accounts for each route's canned answer (CPA counts the usage
+# the upstream reported to it, even when the client did not ask for it in a stream).
+_ROUTE_USAGE = {"/v1/messages": (wire.CLAUDE_MODEL, wire.CLAUDE_BUCKETS),
+                "/v1/chat/completions": (wire.CHAT_MODEL, wire.CHAT_BUCKETS),
+                "/v1/responses": (wire.RESP_MODEL, wire.RESP_BUCKETS)}
 
 
 def auth_index_for(kind: str, path: str) -> str:
@@ -189,17 +195,17 @@ class UsageEvent:
         return out
 
 
-def cpa_tokens(route: str, canned: wire.Canned | None) -> tuple[dict[str, Any],
-                                                                   dict[str, Any] | None]:
+def cpa_tokens(route: str, usage: Usage | None) -> tuple[dict[str, Any],
+                                                         dict[str, Any] | None]:
     """What CPA would count for a canned answer, in its own per-provider semantics (§1.7):
     Claude's input excludes the cache, OpenAI's includes it; plus the v2 breakdown."""
     tokens = dict.fromkeys(("input_tokens", "output_tokens", "reasoning_tokens",
                             "cached_tokens", "cache_read_tokens", "cache_creation_tokens",
                             "total_tokens"), 0)
     tokens["cache_read_tokens_present"] = False
-    if canned is None or canned.usage.is_empty():
+    if usage is None or usage.is_empty():
         return tokens, None
-    u = canned.usage
+    u = usage
     claude = route == "/v1/messages"
     tokens.update(
         input_tokens=u.prompt_tokens if claude else u.prompt_tokens + u.cache_read_tokens,
@@ -347,13 +353,14 @@ class FakeCliProxy(FakeUpstream):
             self._rr += 1
             return pool[(self._rr - 1) % len(pool)]
 
-    def serve_llm(self, rec: Recorded, script: Script, canned: wire.Canned | None) -> Script:
-        """Pick an account, stamp the trace header, alias the model, count the usage."""
+    def serve_llm(self, rec: Recorded, script: Script) -> Script:
+        """Pick an account, stamp the trace header, alias the model, count the usage: an
+        error status as a failed request without tokens."""
         account = self._select(rec.path)
         now = self.clock()
         request_id = self._next_request_id()
         pieces = script.pieces
-        model = canned.model if canned is not None else "unknown"
+        model, usage = _ROUTE_USAGE[rec.path]
         alias = self.response_aliases.get(model, model)
         if alias != model:
             needle = f'"model":"{model}"'.encode()
@@ -364,7 +371,7 @@ class FakeCliProxy(FakeUpstream):
                                   time.gmtime(int(now + self.offset_minutes * 60)))
             headers.append(("X-CPA-TRACE-ID", f"{stamp}-{account.auth_index}-{request_id}"))
         failed = script.status >= 400
-        tokens, breakdown = cpa_tokens(rec.path, None if failed else canned)
+        tokens, breakdown = cpa_tokens(rec.path, None if failed else usage)
         client_key = (rec.header("Authorization") or "").removeprefix("Bearer ").strip()
         self._append(UsageEvent(
             model=model, alias=alias, endpoint=f"POST {rec.path}", at=now,
@@ -489,26 +496,6 @@ class FakeCliProxy(FakeUpstream):
         return int(status), payload
 
 
-def _canned_for(rec: Recorded) -> wire.Canned | None:
-    """The canned answer ``default_response`` chose for *rec* (its model and usage)."""
-    try:
-        body = json.loads(rec.body) if rec.body else {}
-    except ValueError:
-        return None
-    if not isinstance(body, dict):
-        return None
-    stream = body.get("stream") is True
-    if rec.path == "/v1/chat/completions":
-        options = body.get("stream_options")
-        include = isinstance(options, dict) and options.get("include_usage") is True
-        return wire.chat_stream(include) if stream else wire.chat_json()
-    if rec.path == "/v1/responses":
-        return wire.responses_stream() if stream else wire.responses_json()
-    if rec.path == "/v1/messages":
-        return wire.messages_stream() if stream else wire.messages_json()
-    return None
-
-
 class _CpaHandler(_Handler):
     upstream: FakeCliProxy
 
@@ -532,12 +519,8 @@ class _CpaHandler(_Handler):
             scripted = cpa.scripts.popleft() if cpa.scripts else None
         script = scripted or default_response(rec)
         if path in LLM_ROUTES:
-            # A scripted answer still counts as a request CPA served with the account it
-            # selected: an error status as a failed one without tokens, anything else
-            # with the tokens of the canned answer for the route.
-            failed = scripted is not None and scripted.status >= 400
-            canned = None if failed else _canned_for(rec)
-            script = cpa.serve_llm(rec, script, canned)
+            # A scripted answer, too, is a request CPA served with an account it selected.
+            script = cpa.serve_llm(rec, script)
         if script.delay_headers is not None and not self._hold(script.delay_headers):
             return
         if script.hang_up:

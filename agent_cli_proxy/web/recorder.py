@@ -4,6 +4,10 @@ exactly one finalization (``completed``, ``error`` or ``aborted``) when it ends.
 Recording must never stand between a client and its answer: a failed insert is logged and
 the call is proxied without a row; a failed finalization is logged and left to the
 boot-time recovery of stale pending rows.
+
+With account attribution configured (CLIPROXY_MGMT_KEY), the CLIProxyAPI trace header of
+the upstream's answer is kept and handed to the attribution service once the row is
+final (:class:`TraceSink`); attribution failing never affects the call either.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from agent_cli_proxy.clock import Clock
 from agent_cli_proxy.log import get_logger
@@ -26,6 +31,7 @@ from agent_cli_proxy.storage.requests import (
     iso_utc,
 )
 from agent_cli_proxy.upstream.capture import UsageCapture
+from agent_cli_proxy.upstream.management import TRACE_HEADER, Trace, parse_trace_id
 from agent_cli_proxy.upstream.relay import RelayResult
 from agent_cli_proxy.usage.cost import CostResult, compute_cost
 from agent_cli_proxy.usage.identify import Identity
@@ -36,11 +42,19 @@ _log = get_logger("lifecycle")
 ERROR_SAMPLE_CHARS = 300
 
 
+class TraceSink(Protocol):
+    """Who attributes a finalized row to the CLIProxyAPI account its trace header names
+    (``workers.accounts.AccountAttribution``)."""
+
+    def traced(self, row_id: int, trace: Trace) -> None: ...
+
+
 class CallRecorder:
     """Owns the request_logs row of one LLM call."""
 
     def __init__(self, db: Database, clock: Clock, prices: Callable[[], PriceTable],
-                 metrics: ProxyMetrics, call: LLMCall, path: str) -> None:
+                 metrics: ProxyMetrics, call: LLMCall, path: str, *,
+                 accounts: TraceSink | None = None) -> None:
         self._db = db
         self._clock = clock
         self._prices = prices
@@ -56,6 +70,8 @@ class CallRecorder:
         self._upstream_latency_ms: int | None = None
         self._lock = threading.Lock()
         self._done = False
+        self._accounts = accounts
+        self._trace: Trace | None = None
         metrics.request_started()
 
     def start(self, identity: Identity, *, method: str, user_agent: str | None,
@@ -99,12 +115,18 @@ class CallRecorder:
         """The request is about to go upstream (pool checkout and connect included)."""
         self._send_started = self._clock.monotonic()
 
-    def headers_received(self, status: int) -> None:
+    def headers_received(self, status: int,
+                         headers: Mapping[str, str] | None = None) -> None:
+        """The upstream answered *status*; its *headers* may carry CLIProxyAPI's
+        ``X-CPA-TRACE-ID`` (kept for attribution, parsed defensively)."""
         self._upstream_latency_ms = self._elapsed_ms()
         if self._send_started is not None:
             self._ttfb_s = self._clock.monotonic() - self._send_started
+        if headers is not None and self._accounts is not None:
+            self._trace = parse_trace_id(headers.get(TRACE_HEADER))
         _log.debug("passthrough.upstream_headers", request_id=self.request_id, status=status,
-                   latency_ms=self._upstream_latency_ms)
+                   latency_ms=self._upstream_latency_ms,
+                   cliproxy_auth_index=self._trace.auth_index if self._trace else None)
 
     def first_chunk(self) -> None:
         """The first piece of a stream is ready for the client (time to first token)."""
@@ -219,6 +241,19 @@ class CallRecorder:
                   lifecycle_status=lifecycle, status=status, path=self.path,
                   model=model or self.call.requested_model, total_tokens=usage.total_tokens,
                   cost_usd=cost.cost_usd, cost_status=cost.status, latency_ms=fin.latency_ms)
+        if updated:
+            self._attribute()
+
+    def _attribute(self) -> None:
+        # After finalize: attribution only ever touches a final row, and counts it in
+        # daily_account_usage with its final tokens and cost.
+        if self._trace is None or self._accounts is None or self.row_id is None:
+            return
+        try:
+            self._accounts.traced(self.row_id, self._trace)
+        except Exception:
+            _log.exception("accounts.attribution_failed", request_id=self.request_id,
+                           row_id=self.row_id)
 
 
 def _token_counts(usage: Usage) -> dict[str, int]:
