@@ -4,7 +4,10 @@ Each check answers ``pass``, ``warn`` or ``fail``; the overall status is the wor
 only ``fail`` turns the HTTP status into 503 (take the instance out of rotation). The
 database and the upstream are critical; stale or built-in prices are a ``warn``: calls
 still flow and are still priced, just from older numbers, which is no reason to stop
-serving traffic. Answers are cached for a few seconds (``ready_cache``).
+serving traffic. So is a CLIProxyAPI management API that is down, disabled or refuses
+CLIPROXY_MGMT_KEY (check ``accounts``, present when attribution is configured): calls
+are served and recorded, only not attributed to accounts. Answers are cached for a few
+seconds (``ready_cache``).
 """
 
 from __future__ import annotations
@@ -69,10 +72,50 @@ def _supervisor(services: ProxyServices) -> dict[str, Any]:
     return {"status": "pass", "loops": loops}
 
 
+# Why account attribution is not working, by the management client's state.
+_ACCOUNT_PROBLEMS = {
+    "disabled": "the CLIProxyAPI management API is disabled: calls are not attributed to "
+                "accounts",
+    "unauthorized": "the CLIProxyAPI management API rejects CLIPROXY_MGMT_KEY: calls are not "
+                    "attributed to accounts",
+    "banned": "CLIProxyAPI has banned this proxy's IP after failed management key checks: "
+              "calls are not attributed to accounts",
+    "unreachable": "the CLIProxyAPI management API is unreachable: calls are not attributed "
+                   "to accounts",
+    "not_configured": "CLIPROXY_MGMT_KEY is not set",
+}
+
+
+def _accounts(services: ProxyServices) -> dict[str, Any] | None:
+    """From the attribution service's last known state: no request is made here."""
+    if services.accounts is None:
+        return None
+    try:
+        status: dict[str, Any] = services.accounts.status()
+    except Exception as exc:  # a defect there must not take /ready down
+        return {"status": "warn", "output": f"account attribution status failed: {exc!r}"}
+    state = status.get("state")
+    check: dict[str, Any] = {"status": "pass", "state": state, "mode": status.get("mode"),
+                             "version": status.get("version"),
+                             "accounts": status.get("accounts")}
+    problem = _ACCOUNT_PROBLEMS.get(str(state))
+    if problem is not None:
+        check["status"] = "warn"
+        check["output"] = problem
+        if status.get("last_error"):
+            check["lastError"] = status["last_error"]
+        if status.get("retry_after_s") is not None:
+            check["retryAfterS"] = status["retry_after_s"]
+    return check
+
+
 def evaluate(services: ProxyServices) -> dict[str, Any]:
     started = time.monotonic()
     checks = {"database": _database(services), "pricing": _pricing(services),
               "upstream": _upstream(services), "supervisor": _supervisor(services)}
+    accounts = _accounts(services)
+    if accounts is not None:
+        checks["accounts"] = accounts
     overall = max((c["status"] for c in checks.values()), key=_RANK.__getitem__)
     services.metrics.ready_checked(status=overall, duration_s=time.monotonic() - started)
     return {"status": overall, "checks": checks}
