@@ -7,7 +7,7 @@ import sys
 import click
 
 from agent_cli_proxy import __version__
-from agent_cli_proxy.cli import api_keys, backfill
+from agent_cli_proxy.cli import api_keys, backfill, providers
 from agent_cli_proxy.config import ConfigError, Settings, load_settings
 
 # EX_CONFIG from sysexits.h: a service manager can tell "fix the configuration" apart
@@ -70,6 +70,7 @@ def serve(env_file: str | None) -> None:
 
 cli.add_command(backfill.command())
 cli.add_command(api_keys.command())
+cli.add_command(providers.command())
 
 
 def main() -> None:
