@@ -50,6 +50,7 @@ APP = "agent-cli-proxy"
 # Read at call time, so tests can point them elsewhere.
 SYSTEM_ENV_FILE = "/etc/agent-cli-proxy/agent-cli-proxy.env"
 SYSTEM_STATE_DIR = "/var/lib/agent-cli-proxy"  # systemd StateDirectory=agent-cli-proxy
+SYSTEM_CACHE_DIR = "/var/cache/agent-cli-proxy"  # systemd CacheDirectory=agent-cli-proxy
 DEFAULT_UPSTREAM_URL = "http://localhost:8317"
 _PLACEHOLDERS = frozenset(
     {"admin", "changeme", "change-me", "default", "example", "password", "proxy", "secret", "token"}
@@ -153,11 +154,16 @@ def _xdg_dir(ctx: _Context, variable: str, fallback: str) -> str | None:
     return os.path.join(ctx.home, fallback) if ctx.home else None
 
 
-def _state_path(filename: str) -> Computed:
+def _state_path(filename: str, *, cache: bool = False) -> Computed:
+    """A file under the data directory; for the system service under its StateDirectory=,
+    or its CacheDirectory= when *cache* (what can be fetched again, which a backup skips)."""
+    def system_dir() -> str:
+        return SYSTEM_CACHE_DIR if cache else SYSTEM_STATE_DIR
+
     def compute(ctx: _Context) -> str:
         data_dir = ctx.values["agent_cli_proxy_data_dir"]
         if not data_dir and ctx.system:
-            data_dir = SYSTEM_STATE_DIR
+            data_dir = system_dir()
         if not data_dir:
             xdg = _xdg_dir(ctx, "XDG_DATA_HOME", os.path.join(".local", "share"))
             # No home at all: the original's relative fallback (and a warning, see below).
@@ -165,7 +171,7 @@ def _state_path(filename: str) -> Computed:
         return os.path.join(data_dir, filename)
 
     return Computed(
-        f"$AGENT_CLI_PROXY_DATA_DIR/{filename}, else {SYSTEM_STATE_DIR}/{filename} for the "
+        f"$AGENT_CLI_PROXY_DATA_DIR/{filename}, else {system_dir()}/{filename} for the "
         f"system service, else $XDG_DATA_HOME/{APP}/{filename}, "
         f"else ~/.local/share/{APP}/{filename}", compute)
 
@@ -276,7 +282,7 @@ FIELDS: tuple[Field, ...] = (
     Field("PRICING_URL", "https://models.dev/api.json", http_url,
           "Where prices are fetched (models.dev's JSON shape); point it at a mirror on hosts "
           "without internet access.", PRICING),
-    Field("PRICING_CACHE_PATH", _state_path("pricing-cache.json"), text,
+    Field("PRICING_CACHE_PATH", _state_path("pricing-cache.json", cache=True), text,
           "Cached models.dev prices, so costs work offline after one fetch.", PRICING),
     Field("PRICING_CACHE_TTL_MS", 3_600_000, milliseconds,
           "Age after which the cached prices are refetched on use.", PRICING),
@@ -424,21 +430,72 @@ def load_settings(environ: Mapping[str, str] | None = None,
     Paths (env file, state files) are computed from *environ* only, so a test that passes
     its own mapping never touches the real home directory. Raises ConfigError.
     """
+    return _build(_prepare(environ, env_file, strict=True))
+
+
+def inspect_settings(environ: Mapping[str, str] | None = None,
+                     env_file: str | None = None) -> tuple[Settings, list[ConfigIssue]]:
+    """Like :func:`load_settings`, but every problem is returned instead of raised: an
+    invalid value is replaced by its default, and a missing or unreadable env file by none.
+    For ``doctor`` and ``paths``, which report problems and go on to look at the rest."""
+    ctx = _prepare(environ, env_file, strict=False)
+    return _build(ctx, strict=False), list(ctx.issues)
+
+
+def _prepare(environ: Mapping[str, str] | None, env_file: str | None, *,
+             strict: bool) -> _Context:
+    """The context settings are built in: the environment and the env file's values.
+    *strict*: a missing or unreadable env file raises ConfigError at once (nothing else
+    is worth reporting before it is fixed); otherwise it is one more issue."""
     process_env: Mapping[str, str] = os.environ if environ is None else environ
-    home = (process_env.get("HOME") or "").strip() or None
-    if home is None and environ is None:
-        home = os.path.expanduser("~") if os.path.expanduser("~") != "~" else None
+    home = _home(process_env, environ is None)
     ctx = _Context(process_env, {}, None, home)
-    path = _locate_env_file(ctx, env_file)
-    file_values: dict[str, str] = {}
+    try:
+        path = _locate_env_file(ctx, env_file)
+    except ConfigError as exc:
+        if strict:
+            raise
+        ctx.issues.extend(exc.issues)
+        return ctx
     if path is not None:
         try:
             file_values, problems = read_env_file(path)
         except UnreadableFile as exc:
-            raise ConfigError([ConfigIssue(path, f"could not be read: {exc}")]) from None
+            issue = ConfigIssue(path, f"could not be read: {exc}")
+            if strict:
+                raise ConfigError([issue]) from None
+            ctx = _Context(process_env, {}, path, home)
+            ctx.issues.append(issue)
+            return ctx
         ctx = _Context(process_env, file_values, path, home)
         ctx.issues.extend(ConfigIssue(f"{path}:{p.line}", p.message) for p in problems)
-    return _build(ctx)
+    return ctx
+
+
+def _home(process_env: Mapping[str, str], real: bool) -> str | None:
+    home = (process_env.get("HOME") or "").strip() or None
+    if home is None and real:
+        home = os.path.expanduser("~") if os.path.expanduser("~") != "~" else None
+    return home
+
+
+def user_env_file(environ: Mapping[str, str] | None = None) -> str | None:
+    """The user's env file, ``$XDG_CONFIG_HOME/agent-cli-proxy/.env`` (else under
+    ``~/.config``), whether or not it exists; None without a home directory."""
+    process_env: Mapping[str, str] = os.environ if environ is None else environ
+    return _user_env_file(_Context(process_env, {}, None, _home(process_env, environ is None)))
+
+
+def _user_env_file(ctx: _Context) -> str | None:
+    config_home = _xdg_dir(ctx, "XDG_CONFIG_HOME", ".config")
+    return os.path.join(config_home, APP, ".env") if config_home else None
+
+
+def env_file_candidates(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Where an env file is looked for when none is named (nor AGENT_CLI_PROXY_ENV), in
+    order: the user's, then the system service's."""
+    user = user_env_file(environ)
+    return [*([user] if user else []), SYSTEM_ENV_FILE]
 
 
 def _locate_env_file(ctx: _Context, explicit: str | None) -> str | None:
@@ -453,9 +510,8 @@ def _locate_env_file(ctx: _Context, explicit: str | None) -> str | None:
         if not os.path.exists(named):
             raise ConfigError([ConfigIssue("AGENT_CLI_PROXY_ENV", f"{named} does not exist")])
         return named
-    config_home = _xdg_dir(ctx, "XDG_CONFIG_HOME", ".config")
-    candidates = [os.path.join(config_home, APP, ".env")] if config_home else []
-    for candidate in [*candidates, SYSTEM_ENV_FILE]:
+    user = _user_env_file(ctx)
+    for candidate in [*([user] if user else []), SYSTEM_ENV_FILE]:
         if os.path.exists(candidate):
             return candidate
     return None
@@ -488,7 +544,7 @@ def _raw_secret(ctx: _Context, name: str) -> str | None:
     return None
 
 
-def _build(ctx: _Context) -> Settings:
+def _build(ctx: _Context, *, strict: bool = True) -> Settings:
     for field in FIELDS:
         raw = _raw_secret(ctx, field.name) if field.secret else ctx.lookup(field.name)
         value = None
@@ -506,7 +562,7 @@ def _build(ctx: _Context) -> Settings:
             value = default.compute(ctx) if isinstance(default, Computed) else default
         ctx.values[field.attr] = value
     _check_cross_field(ctx)
-    if ctx.issues:
+    if ctx.issues and strict:
         raise ConfigError(ctx.issues)
     return Settings(**ctx.values, warnings=tuple(ctx.warnings), env_file=ctx.env_file)
 

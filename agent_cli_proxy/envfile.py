@@ -15,6 +15,9 @@ what the original's ``init`` writes:
 Problems are returned per line rather than raised, so the caller can report every one of them
 together with the rest of the configuration. Messages never repeat a value: it may be a secret.
 
+``format_assignment`` writes a line the same three readers take back unchanged: plain values
+bare, anything else double-quoted as a JSON string (what the original's ``init`` writes).
+
 ``read_text`` is shared with the other small files configuration reads (``NAME_FILE`` secrets,
 systemd credentials, the providers file) so they all fail with the same short reason.
 """
@@ -26,6 +29,8 @@ import re
 from typing import NamedTuple
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What may stay unquoted: nothing a shell, systemd or our reader treats specially.
+_BARE = re.compile(r"[A-Za-z0-9_./:@-]*")
 
 
 class EnvFileProblem(NamedTuple):
@@ -92,3 +97,29 @@ def _unquote(value: str) -> str | None:
             return None
         return value[1:-1]
     return value
+
+
+def quote_value(value: str) -> str:
+    """*value* as written after ``NAME=``: bare when plain, else a JSON string."""
+    if _BARE.fullmatch(value):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def format_assignment(name: str, value: str) -> str:
+    """One ``NAME=value`` line (without its newline) that reads back as *value*."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a variable name")
+    return f"{name}={quote_value(value)}"
+
+
+def assigned_name(line: str) -> str | None:
+    """The variable one line of an env file assigns; None for comments, blanks and noise."""
+    stripped = line.strip()
+    if not stripped or stripped[0] in "#;":
+        return None
+    if stripped.startswith(("export ", "export\t")):
+        stripped = stripped[len("export"):].lstrip()
+    name, equals, _ = stripped.partition("=")
+    name = name.strip()
+    return name if equals and _NAME.fullmatch(name) else None

@@ -40,6 +40,7 @@ def no_system_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep a real /etc/agent-cli-proxy out of every test."""
     monkeypatch.setattr(config, "SYSTEM_ENV_FILE", str(tmp_path / "etc" / "proxy.env"))
     monkeypatch.setattr(config, "SYSTEM_STATE_DIR", str(tmp_path / "var-lib"))
+    monkeypatch.setattr(config, "SYSTEM_CACHE_DIR", str(tmp_path / "var-cache"))
 
 
 @pytest.fixture
@@ -447,7 +448,7 @@ def test_system_env_file_means_system_state_dir(tmp_path: Path,
     settings = load_settings({"HOME": str(tmp_path / "no-user-file")})
     assert settings.env_file == str(system_file)
     assert settings.db_path == str(tmp_path / "var-lib" / "proxy.db")
-    assert settings.pricing_cache_path == str(tmp_path / "var-lib" / "pricing-cache.json")
+    assert settings.pricing_cache_path == str(tmp_path / "var-cache" / "pricing-cache.json")
     # Same when a unit names the file explicitly; an explicit data dir still wins.
     settings = load_settings({"AGENT_CLI_PROXY_DATA_DIR": "/srv/acp"}, env_file=str(system_file))
     assert settings.db_path == "/srv/acp/proxy.db"
@@ -750,3 +751,33 @@ def test_urls_show_no_credentials(home: Path) -> None:
     shown = describe(settings)
     assert shown["CLI_PROXY_API_URL"] == "http://127.0.0.1:8317"
     assert shown["PRICING_URL"] == "https://mirror.example/api.json"
+
+
+# --- inspect_settings: every problem, and settings anyway (doctor, paths) ------------------
+
+
+def test_inspect_settings_reports_and_falls_back(home: Path, tmp_path: Path) -> None:
+    settings, issues = config.inspect_settings(env(home, PROXY_PORT="huge", LOG_LEVEL="loud"))
+    assert [i.name for i in issues] == issues_names(env(home, PROXY_PORT="huge",
+                                                        LOG_LEVEL="loud"))
+    assert (settings.proxy_port, settings.log_level) == (3100, "info")  # the defaults
+    missing = str(tmp_path / "missing.env")
+    settings, issues = config.inspect_settings(env(home), env_file=missing)
+    assert [i.name for i in issues] == ["--env-file"] and settings.env_file is None
+    unreadable = tmp_path / "bad.env"
+    unreadable.write_bytes(b"\xff\xfe not utf-8")
+    settings, issues = config.inspect_settings(env(home), env_file=str(unreadable))
+    assert issues[0].name == str(unreadable) and settings.env_file == str(unreadable)
+
+
+def issues_names(environ: dict[str, str]) -> list[str]:
+    return [i.name for i in issues_of(environ)]
+
+
+def test_user_env_file_and_search_order(home: Path, tmp_path: Path) -> None:
+    assert config.user_env_file({"HOME": str(home)}) == str(
+        home / ".config" / "agent-cli-proxy" / ".env")
+    xdg = {"HOME": str(home), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    assert config.env_file_candidates(xdg) == [
+        str(tmp_path / "cfg" / "agent-cli-proxy" / ".env"), config.SYSTEM_ENV_FILE]
+    assert config.env_file_candidates({}) == [config.SYSTEM_ENV_FILE]
