@@ -7,7 +7,7 @@ import sys
 import click
 
 from agent_cli_proxy import __version__
-from agent_cli_proxy.cli import api_keys, backfill, providers
+from agent_cli_proxy.cli import api_keys, backfill, db, doctor, init, paths, providers, service
 from agent_cli_proxy.config import ConfigError, Settings, load_settings
 
 # EX_CONFIG from sysexits.h: a service manager can tell "fix the configuration" apart
@@ -71,6 +71,11 @@ def serve(env_file: str | None) -> None:
 cli.add_command(backfill.command())
 cli.add_command(api_keys.command())
 cli.add_command(providers.command())
+cli.add_command(init.command())
+cli.add_command(db.command())
+cli.add_command(paths.command())
+cli.add_command(doctor.command())
+cli.add_command(service.command())
 
 
 def main() -> None:
