@@ -154,7 +154,7 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
     except SelectionError as exc:
         _log.info("proxy.provider_refused", code=exc.code, provider=exc.provider_id[:80],
                   path=path)
-        return client_error(style, 400, exc.code, exc.message, provider=exc.provider_id)
+        return client_error(style, 400, exc.code, exc.message, provider=exc.provider_id[:80])
     key_id = record.id if record is not None else None
     recorder = (_start_recording(services, request, call, path, key_id, route.id)
                 if call is not None else None)

@@ -194,6 +194,10 @@ def test_an_explicit_provider_that_cannot_serve_is_refused_in_the_clients_shape(
     assert (status, error["code"], error["type"]) == (400, "unknown_provider",
                                                       "invalid_request_error")
     assert "'nope'" in error["message"] and "alpha" in error["message"]
+    status, _, body = post(custom, "/v1/chat/completions", CHAT, {"x-provider": "x" * 500})
+    error = json.loads(body)["error"]
+    # A huge id is not echoed back whole.
+    assert (status, error["provider"]) == (400, "x" * 80) and "x" * 81 not in error["message"]
     status, _, body = post(custom, "/v1/messages", {"provider": "alpha", **MESSAGES})
     answer = json.loads(body)
     assert (status, answer["type"], answer["error"]["code"]) == (
