@@ -19,12 +19,14 @@ import json
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent_cli_proxy.storage.costs import PricedCost
 from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.storage.requests import _sqlite_timestamp, audit_source
 from agent_cli_proxy.usage.model import Usage
+
+if TYPE_CHECKING:  # storage.costs may call into this module: no import cycle at run time
+    from agent_cli_proxy.storage.costs import PricedCost
 
 # request_logs.actual_provider of a call sent to CLI_PROXY_API_URL (the default upstream,
 # providers.custom_config.DEFAULT_ID); rows of custom providers never have a CPA account.
@@ -271,6 +273,17 @@ def _daily_usage_delta(conn: sqlite3.Connection, row: Candidate, usage: Usage,
               usage.total_tokens - old.total_tokens, cost - row.cost_usd)
     if any(deltas):
         conn.execute(_DAILY_DELTA, (row.started_at[:10], row.provider, row.model, *deltas))
+
+
+def add_account_cost_delta(conn: sqlite3.Connection, row_id: int, delta: float) -> None:
+    """Keep daily_account_usage exact when someone else re-prices an attributed row (the
+    cost backfill): call in the transaction that changed its cost by *delta*."""
+    if delta:
+        conn.execute(
+            "UPDATE daily_account_usage SET cost_usd = COALESCE(cost_usd, 0) + ? WHERE "
+            "(day, provider, model, cliproxy_account) = (SELECT substr(started_at, 1, 10), "
+            "provider, model, cliproxy_account FROM request_logs WHERE id = ? AND "
+            "cliproxy_account IS NOT NULL)", (delta, row_id))
 
 
 def prune_matches(db: Database, before_iso: str) -> int:

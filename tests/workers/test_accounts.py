@@ -21,7 +21,7 @@ import pytest
 from agent_cli_proxy.config import Settings, settings_for_tests
 from agent_cli_proxy.providers.routes import classify
 from agent_cli_proxy.proxy_metrics import ProxyMetrics
-from agent_cli_proxy.storage.accounts import account_usage_mismatches
+from agent_cli_proxy.storage.accounts import account_usage_mismatches, add_account_cost_delta
 from agent_cli_proxy.storage.costs import cost_audit_for
 from agent_cli_proxy.storage.daily_usage import daily_usage_mismatches
 from agent_cli_proxy.storage.database import Database, open_database
@@ -249,6 +249,22 @@ def test_a_malformed_trace_header_is_no_attribution(make_env: Any) -> None:
     row = env.row(row_id)
     assert (row["cliproxy_account"], row["cliproxy_auth_index"]) == (None, None)
     assert row["lifecycle_status"] == "completed"
+
+
+def test_a_later_price_keeps_account_totals_exact(make_env: Any) -> None:
+    env = make_env("v7")
+    env.attribution.run_once()
+    env.cpa.response_aliases = {wire.CLAUDE_MODEL: "team-sonnet"}
+    row_id = env.call("/v1/messages", {**MESSAGES, "model": "team-sonnet"})
+    assert env.row(row_id)["cost_status"] == "pending"  # attributed, not priced yet
+    # What the cost backfill does once the model has a price (storage.costs owns it).
+    with env.db.write() as conn:
+        conn.execute("UPDATE request_logs SET cost_usd = 0.25, cost_status = 'ok' "
+                     "WHERE id = ?", (row_id,))
+        conn.execute("UPDATE daily_usage SET cost_usd = cost_usd + 0.25")
+        add_account_cost_delta(conn, row_id, 0.25)
+    assert_consistent(env.db)
+    assert account_totals(env.db)["alice@example.com"][2] == 0.25
 
 
 # -- fallback: usage records --------------------------------------------------------------
