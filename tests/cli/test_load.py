@@ -42,7 +42,7 @@ def test_two_hundred_concurrent_streams_for_thirty_seconds_lose_nothing(
                     resp = conn.getresponse()
                     body = resp.read()
                     if resp.status != 200 or body != canned.body:
-                        errors.append(f"client {index}: {resp.status} {body[:80]!r}")
+                        errors.append(f"client {index}: {resp.status} {body[:300]!r}")
                         return
                     done[index] += 1
             except Exception as exc:
