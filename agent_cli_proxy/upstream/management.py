@@ -1,4 +1,4 @@
-"""The CLIProxyAPI management API client (spec §1.1-1.8), and its data-plane trace header.
+"""The CLIProxyAPI management API client (spec §1.1-1.8).
 
 One :class:`ManagementClient` per process is shared by everything that asks CPA about its
 accounts (attribution, quotas, readiness), because what it remembers protects the
@@ -23,19 +23,17 @@ from __future__ import annotations
 import json
 import re
 import threading
-from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
 
 from agent_cli_proxy.clock import Clock
 from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.upstream.client import Timeouts, UpstreamClient, UpstreamError
+from agent_cli_proxy.upstream.cpa_headers import VERSION_HEADER
 
 _log = get_logger("accounts")
 
 MANAGEMENT_PREFIX = "/v0/management"
-TRACE_HEADER = "X-CPA-TRACE-ID"
-VERSION_HEADER = "X-CPA-VERSION"
 Reason = Literal["not_configured", "disabled", "unauthorized", "banned", "unreachable",
                  "backoff", "bad_response"]
 State = Literal["unknown", "ok", "disabled", "unauthorized", "banned", "unreachable",
@@ -67,53 +65,6 @@ class ManagementUnavailable(Exception):
         self.message = message
         self.retry_after_s = retry_after_s
         self.endpoint_only = endpoint_only
-
-
-# -- X-CPA-TRACE-ID (v7.2.84+), spec §1.6 -----------------------------------------------------
-
-_STAMP = re.compile(r"\d{14}")
-_AUTH_INDEX = re.compile(r"[0-9A-Za-z._:]{1,64}")
-_REQUEST_ID = re.compile(r"[0-9A-Za-z]{1,64}")
-
-
-@dataclass(frozen=True, slots=True)
-class Trace:
-    """What ``X-CPA-TRACE-ID`` says: the credential CPA used and its request id."""
-
-    selected_at: str
-    """``YYYYMMDDhhmmss`` in CPA's local time (no zone: informative only)."""
-    auth_index: str
-    request_id: str
-
-
-def parse_trace_id(value: str | None) -> Trace | None:
-    """Parse ``<14 digits>-<auth_index>-<request_id>``; any other shape is None.
-
-    Defensive by design (spec §1.6): the first part must be 14 digits, the last ``-`` part
-    is the request id, and everything between is the auth index.
-    """
-    if not value or len(value) > 256:
-        return None
-    text = value.strip()
-    stamp, sep, rest = text.partition("-")
-    index, sep2, request_id = rest.rpartition("-")
-    if not (sep and sep2 and _STAMP.fullmatch(stamp) and _AUTH_INDEX.fullmatch(index)
-            and _REQUEST_ID.fullmatch(request_id)):
-        return None
-    return Trace(stamp, index, request_id)
-
-
-# -- versions ------------------------------------------------------------------------------
-
-_VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
-
-
-def parse_version(value: str | None) -> tuple[int, int, int] | None:
-    """``v7.2.84`` (or ``7.2.84-rc1``) as a tuple; None for ``dev`` and the like."""
-    match = _VERSION.match((value or "").strip())
-    if match is None:
-        return None
-    return int(match[1]), int(match[2]), int(match[3])
 
 
 _GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms)")

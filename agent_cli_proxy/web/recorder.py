@@ -31,7 +31,7 @@ from agent_cli_proxy.storage.requests import (
     iso_utc,
 )
 from agent_cli_proxy.upstream.capture import UsageCapture
-from agent_cli_proxy.upstream.management import TRACE_HEADER, Trace, parse_trace_id
+from agent_cli_proxy.upstream.cpa_headers import TRACE_HEADER, Trace, parse_trace_id
 from agent_cli_proxy.upstream.relay import RelayResult
 from agent_cli_proxy.usage.cost import CostResult, compute_cost
 from agent_cli_proxy.usage.identify import Identity

@@ -36,12 +36,8 @@ from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.storage import accounts as repo
 from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.storage.requests import iso_utc
-from agent_cli_proxy.upstream.management import (
-    ManagementClient,
-    ManagementUnavailable,
-    Trace,
-    parse_version,
-)
+from agent_cli_proxy.upstream.cpa_headers import Trace, parse_version
+from agent_cli_proxy.upstream.management import ManagementClient, ManagementUnavailable
 from agent_cli_proxy.usage.cost import CostResult, compute_cost
 from agent_cli_proxy.usage.pricing import PriceTable
 from agent_cli_proxy.workers.correlation import (

@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 
 from agent_cli_proxy.upstream.client import UpstreamClient
+from agent_cli_proxy.upstream.cpa_headers import parse_trace_id, parse_version
 from agent_cli_proxy.upstream.management import (
     ManagementClient,
     ManagementUnavailable,
     parse_ban_wait,
-    parse_trace_id,
-    parse_version,
 )
 from tests.conftest import event_fields, event_name, logged_events
 from tests.fake_cliproxy import DEFAULT_KEY, FakeCliProxy, auth_index_for
