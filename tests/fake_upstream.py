@@ -26,6 +26,12 @@ from tests import wire
 MODELS_DEV_SNAPSHOT = Path(__file__).resolve().parents[2] / "shared/data/models-dev-api.json"
 
 
+class _Server(ThreadingHTTPServer):
+    # The load tests open hundreds of upstream connections at once: with the default
+    # backlog of 5 the kernel's accept queue overflows and connections break.
+    request_queue_size = 1024
+
+
 @dataclass
 class Recorded:
     method: str
@@ -66,7 +72,7 @@ class FakeUpstream:
         self.client_gone = threading.Event()  # the proxy closed a paused connection
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"upstream": self})
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.server = _Server(("127.0.0.1", port), handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
