@@ -67,10 +67,11 @@ def command() -> click.Group:
     @ENV_FILE_OPTION
     def path(env_file: str | None) -> None:
         """Print the custom-provider file in use, "PROVIDERS_JSON inline", or that none
-        is configured."""
-        from agent_cli_proxy.cli.main import load_or_exit
-
-        settings = load_or_exit(env_file)
+        is configured (also when the configuration is invalid: it finds the file to fix)."""
+        settings, problems = _settings(env_file)
+        if problems:
+            click.echo("agent-cli-proxy: note: the configuration has problems; run "
+                       "'agent-cli-proxy providers show' to see them", err=True)
         if settings.providers_json:
             click.echo(INLINE)
         elif settings.providers_config_path:
@@ -89,8 +90,7 @@ def command() -> click.Group:
         from agent_cli_proxy.config import default_providers_path
 
         settings, problems = _settings(env_file)
-        configured = settings.providers_config_path if settings is not None else (
-            os.environ.get("PROVIDERS_CONFIG_PATH", "").strip())
+        configured = settings.providers_config_path
         target = target or configured or default_providers_path()
         if not target:
             _fail("no home directory to put providers.json in; pass --path")
@@ -106,7 +106,7 @@ def command() -> click.Group:
         if not configured or os.path.abspath(target) != os.path.abspath(configured):
             click.echo(f"agent-cli-proxy: set PROVIDERS_CONFIG_PATH={target} in the env file "
                        "to use it", err=True)
-        if settings is not None and settings.providers_json:
+        if settings.providers_json:
             click.echo("agent-cli-proxy: PROVIDERS_JSON is set and wins over the file",
                        err=True)
         if problems:
@@ -137,7 +137,7 @@ def command() -> click.Group:
         message = body.get("error", {}).get("message") if isinstance(body, dict) else None
         hint = {401: " (set ADMIN_API_KEY as the server has it)",
                 403: " (the admin API answers only on the server's machine; send SIGHUP "
-                     "instead: systemctl kill -s HUP agent-cli-proxy)"}.get(status, "")
+                     "instead: agent-cli-proxy service reload)"}.get(status, "")
         _fail(f"reload refused: HTTP {status}: {message or body!r}{hint}")
 
     return providers
@@ -161,13 +161,12 @@ def _config_failed(issues: list[ConfigIssue]) -> NoReturn:
     sys.exit(_exit_config())
 
 
-def _settings(env_file: str | None) -> tuple[Settings | None, list[ConfigIssue]]:
-    from agent_cli_proxy.config import ConfigError, load_settings
+def _settings(env_file: str | None) -> tuple[Settings, list[ConfigIssue]]:
+    """The settings, invalid values replaced by defaults, and every problem: for the
+    commands that must work while the configuration is being fixed."""
+    from agent_cli_proxy.config import inspect_settings
 
-    try:
-        return load_settings(env_file=env_file), []
-    except ConfigError as exc:
-        return None, exc.issues
+    return inspect_settings(env_file=env_file)
 
 
 def _local_host(host: str) -> str:

@@ -78,6 +78,11 @@ def test_path_names_the_source(tmp_path: Path, doc_file: Path) -> None:
         f"{doc_file}\n")
     assert run(tmp_path, "path", PROVIDERS_JSON=json.dumps(DOC),
                PROVIDERS_CONFIG_PATH=str(doc_file)).stdout == "PROVIDERS_JSON inline\n"
+    # The file to fix is found even when it (or anything else) is broken.
+    doc_file.write_text("{")
+    broken = run(tmp_path, "path", PROVIDERS_CONFIG_PATH=str(doc_file), CLI_PROXY_API_URL="")
+    assert (broken.returncode, broken.stdout) == (0, f"{doc_file}\n")
+    assert "configuration has problems" in broken.stderr
 
 
 def test_show_prints_providers_without_credentials(tmp_path: Path, doc_file: Path) -> None:
