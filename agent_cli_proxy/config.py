@@ -678,13 +678,9 @@ def load_providers(settings: Settings, environ: Mapping[str, str] | None = None
 def default_providers_path(environ: Mapping[str, str] | None = None) -> str | None:
     """Where ``providers init`` puts a new providers file when PROVIDERS_CONFIG_PATH is
     unset: ``$XDG_CONFIG_HOME/agent-cli-proxy/providers.json``, else under ``~/.config``;
-    None without a home directory."""
-    process_env: Mapping[str, str] = os.environ if environ is None else environ
-    home = (process_env.get("HOME") or "").strip() or None
-    if home is None and environ is None:
-        home = os.path.expanduser("~") if os.path.expanduser("~") != "~" else None
-    config_home = _xdg_dir(_Context(process_env, {}, None, home), "XDG_CONFIG_HOME", ".config")
-    return os.path.join(config_home, APP, "providers.json") if config_home else None
+    None without a home directory. (Beside the user's env file.)"""
+    env_file = user_env_file(environ)
+    return os.path.join(os.path.dirname(env_file), "providers.json") if env_file else None
 
 
 # --- Helpers for the rest of the program ----------------------------------------------------
