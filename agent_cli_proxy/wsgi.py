@@ -2,8 +2,8 @@
 
 Nothing in the package is a module-level singleton; tests build as many apps as they like,
 each with its own database file, upstream pool, price service and clock. The background
-loops (pricing refresh, cost backfill) are registered here and started by the server
-(``ProxyApp.start_background``).
+loops (pricing refresh, cost backfill, account correlation, quota refresh) are
+registered here and started by the server (``ProxyApp.start_background``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ from agent_cli_proxy.config import Settings, load_providers
 from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.upstream.breaker import Breakers
 from agent_cli_proxy.upstream.client import UpstreamClient
+from agent_cli_proxy.upstream.management import ManagementClient
 from agent_cli_proxy.web.app import ProxyApp
 from agent_cli_proxy.web.disconnects import DisconnectWatcher
 from agent_cli_proxy.web.provider_registry import ProviderRegistry
 from agent_cli_proxy.web.services import ProxyServices
+from agent_cli_proxy.workers.accounts import AccountAttribution
 from agent_cli_proxy.workers.backfill import CostBackfill
 from agent_cli_proxy.workers.pricing import PricingService
+from agent_cli_proxy.workers.quotas import QuotaService
 from agent_cli_proxy.workers.supervisor import Supervisor
 
 
@@ -43,11 +46,28 @@ def create_app(settings: Settings, db: Database, *, clock: Clock = SYSTEM_CLOCK,
     pricing.on_update.append(backfill.on_prices_updated)
     pricing.register(supervisor)
     backfill.register(supervisor)
+    # One pooled connection per worker thread is the most that can be in use at once.
+    client = UpstreamClient(maxsize=settings.proxy_threads)
+    # One management client for every user of CLIProxyAPI's management API: its backoff
+    # after a refused key is what keeps CLIProxyAPI from banning this IP.
+    management = (ManagementClient(client, settings.cli_proxy_api_url,
+                                   settings.cliproxy_mgmt_key, clock=clock)
+                  if settings.cliproxy_mgmt_key else None)
+    accounts = None
+    if management is not None:
+        accounts = AccountAttribution(db, settings, management, lambda: pricing.table,
+                                      clock=clock)
+        accounts.register(supervisor)
+    quotas = None
+    if management is not None or settings.cliproxy_auth_dir.strip():
+        # Probes through CLIProxyAPI's api-call; the auth dir only when that is unavailable.
+        quotas = QuotaService(db, settings, management=management, client=client,
+                              clock=clock)
+        quotas.register(supervisor)
     services = ProxyServices(
         settings=settings,
         db=db,
-        # One pooled connection per worker thread is the most that can be in use at once.
-        client=UpstreamClient(maxsize=settings.proxy_threads),
+        client=client,
         watcher=DisconnectWatcher(interval=disconnect_poll_s),
         clock=clock,
         pricing=pricing,
@@ -58,5 +78,7 @@ def create_app(settings: Settings, db: Database, *, clock: Clock = SYSTEM_CLOCK,
             evict_after_s=settings.upstream_circuit_breaker_evict_after_ms / 1000,
             clock=clock),
         providers=providers,
+        accounts=accounts,
+        quotas=quotas,
     )
     return ProxyApp(services)

@@ -12,7 +12,7 @@ still served.
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol
+from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
@@ -21,7 +21,7 @@ from agent_cli_proxy.storage.quotas import latest_snapshots, snapshot_history
 from agent_cli_proxy.storage.requests import iso_utc
 from agent_cli_proxy.web import params
 from agent_cli_proxy.web.errors import json_error, json_response
-from agent_cli_proxy.web.services import ProxyServices
+from agent_cli_proxy.web.services import ProxyServices, QuotaSource
 
 MAX_HISTORY_HOURS = params.MAX_TREND_HOURS
 _HOURS = re.compile(r"[0-9]{1,6}")
@@ -29,21 +29,8 @@ _NOT_CONFIGURED = ("quota probes are not configured: set CLIPROXY_MGMT_KEY (prob
                    "through CLIProxyAPI) or CLIPROXY_AUTH_DIR")
 
 
-class QuotaSource(Protocol):
-    """What the admin API needs of the quota service."""
-
-    def refresh(self) -> dict[str, Any]: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-    def probes(self) -> list[dict[str, Any]]: ...
-
-    def last_result(self) -> dict[str, Any] | None: ...
-
-
 def _source(services: ProxyServices) -> QuotaSource | None:
-    source: QuotaSource | None = services.quotas
-    return source
+    return services.quotas
 
 
 def _status(source: QuotaSource | None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.web import (
     admin,
     admin_providers,
+    admin_quotas,
     admin_usage,
     api_keys,
     metrics,
@@ -71,7 +72,11 @@ ROUTES: dict[str, tuple[str, list[str] | None, Handler]] = {
     "admin_logs": ("/admin/logs", _READ, admin_usage.logs),
     "admin_log": ("/admin/logs/<int:row_id>", _READ, admin_usage.log_by_id),
     "admin_cost_audit": ("/admin/logs/<int:row_id>/cost-audit", _READ, admin.cost_audit),
-    "admin_quotas": ("/admin/quotas", _READ, admin_usage.quotas),
+    "admin_quotas": ("/admin/quotas", _READ, admin_quotas.quotas),
+    # POST is the honest method; GET is what the original answered (drop-in).
+    "admin_quotas_refresh": ("/admin/quotas/refresh", ["GET", "POST"], admin_quotas.refresh),
+    "admin_quotas_probes": ("/admin/quotas/probes", _READ, admin_quotas.probes),
+    "admin_quotas_history": ("/admin/quotas/history", _READ, admin_quotas.history),
     "admin_pricing": ("/admin/pricing", _READ, admin.pricing),
     "admin_config": ("/admin/config", _READ, admin_usage.config),
     "admin_providers": ("/admin/providers", _READ, admin_providers.providers),

@@ -101,7 +101,25 @@ PATHS: dict[str, dict[str, Any]] = {
     "/admin/logs/{row_id}/cost-audit": {"get": _get(
         "Every cost computed for one call, with the price entry, rule and numbers.", ROW_ID,
         errors=("404",))},
-    "/admin/quotas": {"get": _get("Latest stored quota snapshot per account and window.")},
+    "/admin/quotas": {"get": _get(
+        "Each account's newest quota snapshots, the quota service's status and how each "
+        "account's last probe went; refresh=true probes first and answers the refresh "
+        "result.", _param("refresh", "true: probe every account first.",
+                          schema={"type": "boolean"}),
+        _param("provider", "Only this provider."), _param("account", "Only this account."))},
+    "/admin/quotas/refresh": {
+        "get": _get("Probe every account now (as the original; prefer POST).",
+                    errors=("503",)),
+        "post": _write("Probe every account now: {timestamp, accounts, inserted, source, "
+                       "warnings}; 503 when quota probes are not configured.", "200")},
+    "/admin/quotas/probes": {"get": _get(
+        "What each provider's quota probe asks ($TOKEN$ stands for the account's token).",
+        errors=())},
+    "/admin/quotas/history": {"get": _get(
+        "Hourly buckets of quota snapshots: last and highest share used per window.",
+        _param("hours", "How many hours back (1-2208, default 24).",
+               schema={"type": "integer"}),
+        _param("provider", "Only this provider."), _param("account", "Only this account."))},
     "/admin/pricing": {"get": _get(
         "Price source status, and which price a model gets and why.",
         _param("model", "Model name as a client would send it."),

@@ -30,7 +30,7 @@ from agent_cli_proxy.web import api_keys
 from agent_cli_proxy.web.addresses import client_address
 from agent_cli_proxy.web.errors import client_error
 from agent_cli_proxy.web.recorder import CallRecorder
-from agent_cli_proxy.web.routing import Route, build_route
+from agent_cli_proxy.web.routing import UPSTREAM_ID, Route, build_route
 from agent_cli_proxy.web.services import ProxyServices
 
 _log = get_logger("proxy")
@@ -239,7 +239,7 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
         upstream.close()
         return _abandoned(recorder, pending.abort_reason, style)
     if recorder is not None:
-        recorder.headers_received(upstream.status)
+        recorder.headers_received(upstream.status, upstream.headers)
 
     capture = UsageCapture(call.family if call else None,
                            content_type=upstream.headers.get("Content-Type"),
@@ -323,8 +323,11 @@ def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
                      path: str, key_id: int | None, upstream_id: str) -> CallRecorder:
     """Identify the caller and write the pending row (before the upstream is asked)."""
     headers = request.headers
+    # Only CLIProxyAPI's trace header names one of its accounts; a custom provider's
+    # answer is never attributed to one.
     recorder = CallRecorder(services.db, services.clock, lambda: services.pricing.table,
-                            services.metrics, call, path)
+                            services.metrics, call, path,
+                            accounts=services.accounts if upstream_id == UPSTREAM_ID else None)
     keys = api_keys.presented_keys(request)
     identity = identify(headers, api_key=keys[0] if keys else None,
                         client_name_mapping=services.settings.client_name_mapping)

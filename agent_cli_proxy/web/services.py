@@ -16,6 +16,7 @@ from agent_cli_proxy.proxy_metrics import ProxyMetrics
 from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.upstream.breaker import Breakers
 from agent_cli_proxy.upstream.client import UpstreamClient
+from agent_cli_proxy.upstream.cpa_headers import Trace
 from agent_cli_proxy.usage.pricing import PriceTable
 from agent_cli_proxy.web.disconnects import DisconnectWatcher
 from agent_cli_proxy.web.provider_registry import ProviderRegistry
@@ -44,6 +45,26 @@ class Background(Protocol):
     def stop(self, timeout_s: float = ...) -> bool: ...
 
 
+class Attribution(Protocol):
+    """Account attribution (``workers.accounts.AccountAttribution``)."""
+
+    def traced(self, row_id: int, trace: Trace) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class QuotaSource(Protocol):
+    """The quota service (``workers.quotas.QuotaService``), as the admin API sees it."""
+
+    def refresh(self) -> dict[str, Any]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def probes(self) -> list[dict[str, Any]]: ...
+
+    def last_result(self) -> dict[str, Any] | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyServices:
     settings: Settings
@@ -58,7 +79,7 @@ class ProxyServices:
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
     providers: ProviderRegistry = field(
         default_factory=lambda: ProviderRegistry(ProviderSet(), ProviderSet))
-    # CLIProxyAPI integration (issue 6), set by the composition root when configured:
-    # account attribution (CLIPROXY_MGMT_KEY) and quota snapshots. Typed once they land.
-    accounts: Any = None
-    quotas: Any = None
+    # CLIProxyAPI integration, set by the composition root when configured: account
+    # attribution (CLIPROXY_MGMT_KEY) and quota snapshots (that key or CLIPROXY_AUTH_DIR).
+    accounts: Attribution | None = None
+    quotas: QuotaSource | None = None
