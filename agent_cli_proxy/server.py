@@ -48,6 +48,9 @@ def make_server(app: ProxyApp, settings: Settings, *, host: str | None = None,
         # refused; keep room for every stream plus idle keep-alive connections.
         connection_limit=max(100, settings.proxy_threads * 4),
         channel_request_lookahead=5,
+        # poll(), not select(): select() cannot watch descriptors above 1024, and a few
+        # hundred open streams (two sockets each) get there; waitress then dies.
+        asyncore_use_poll=True,
         # waitress refuses a body of this size or more: from its Content-Length before
         # reading it, or once a chunked upload grows that far (chunk framing counts).
         max_request_body_size=settings.max_request_body_bytes + 1,

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import resource
 import socket
 from urllib.parse import urlsplit
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent_cli_proxy.providers.openai_chat import inject_include_usage
-from tests.conftest import RunningProxy
+from tests.conftest import RunningProxy, start_proxy
 from tests.fake_upstream import FakeUpstream
+from tests.web.test_relay_formats import post
 
 LLM_PATHS = ["/v1/chat/completions", "/v1/responses", "/v1/messages",
              "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
@@ -93,3 +97,27 @@ def test_any_body_gets_an_answer_and_a_finished_row(proxy: RunningProxy,
     assert upstream.last().body == (injected or body)
     rows = proxy.rows()
     proxy.final_rows(len(rows))
+
+
+def test_sockets_numbered_above_1024_are_served(make_settings, upstream: FakeUpstream) -> None:
+    # Hundreds of open streams hold two descriptors each; select() cannot watch one above
+    # 1024 and waitress's loop would die. Taking the low numbers first puts every socket
+    # of this proxy above that line.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1400:
+        pytest.skip(f"the descriptor limit ({hard}) is too low for this test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1400), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        proxy = start_proxy(make_settings())
+        try:
+            status, _, body = post(proxy, "/v1/chat/completions",
+                                   {"model": "gpt-5", "messages": []})
+            assert status == 200 and json.loads(body)["usage"]
+            assert health(proxy) == 200
+        finally:
+            proxy.stop()
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
