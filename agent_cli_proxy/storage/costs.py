@@ -16,7 +16,12 @@ Concurrency rules, because the proxy finalizes rows while this runs (and the
   overwritten.
 * ``daily_usage`` gets the cost *delta* (new - old) of each updated row in the same
   transaction, never a rebuild, so its invariant (``daily_usage_mismatches() == []``)
-  holds after every committed chunk.
+  holds after every committed chunk. So does ``daily_account_usage`` when the row is
+  already attributed to a CLIProxyAPI account (``storage.accounts.add_account_cost_delta``).
+
+A row is priced on ``COALESCE(cost_model, model)``: account correlation records in
+``cost_model`` the upstream model CPA actually used when the client saw an alias, and
+re-pricing on the alias would undo that (or leave the row pending forever).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent_cli_proxy.log import get_logger
+from agent_cli_proxy.storage.accounts import add_account_cost_delta
 from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.storage.requests import (
     FINAL_COST_STATUSES,
@@ -82,15 +88,17 @@ class BackfillReport:
 _TOKEN_COLUMNS = ("prompt_tokens", "cache_read_tokens", "cache_creation_tokens",
                   "cache_creation_1h_tokens", "completion_tokens", "reasoning_tokens")
 _FINAL = "lifecycle_status IN ('completed', 'error', 'aborted')"
-_SELECT = ("SELECT id, substr(started_at, 1, 10) AS day, provider, model, cost_usd, "
-           "cost_status, " + ", ".join(_TOKEN_COLUMNS) + " FROM request_logs")
+_SELECT = ("SELECT id, substr(started_at, 1, 10) AS day, provider, model, cost_model, "
+           "COALESCE(cost_model, model) AS priced_model, cost_usd, cost_status, "
+           + ", ".join(_TOKEN_COLUMNS) + " FROM request_logs")
 
 # The optimistic check: still finalized, and still exactly what was priced. `IS` because
 # legacy rows may hold NULLs, and a NULL must match itself.
 _UPDATE = (
     "UPDATE request_logs SET cost_usd = :new_cost, cost_status = :new_status "
     f"WHERE id = :id AND {_FINAL} AND cost_usd IS :cost_usd "
-    "AND cost_status = :cost_status AND provider IS :provider AND model IS :model AND "
+    "AND cost_status = :cost_status AND provider IS :provider AND model IS :model "
+    "AND cost_model IS :cost_model AND "
     + " AND ".join(f"{c} IS :{c}" for c in _TOKEN_COLUMNS)
 )
 # Cost only: the row was counted as a request (and its tokens) when it was finalized.
@@ -190,14 +198,14 @@ def _plan(row: sqlite3.Row, price: Pricer) -> _Plan:
     old_cost = float(row["cost_usd"] or 0.0)
     usage = Usage(**{c: int(row[c] or 0) for c in _TOKEN_COLUMNS})
     try:
-        result = price(row["model"], row["provider"], usage)
+        result = price(row["priced_model"], row["provider"], usage)
         status, cost = result.status, float(result.cost_usd)
     except Exception:
         # One row must not stop the rows after it from ever being priced.
-        log.exception("cost.backfill_row_failed", row_id=row["id"], model=row["model"])
+        log.exception("cost.backfill_row_failed", row_id=row["id"], model=row["priced_model"])
         return _Plan(row, old_status, old_cost, None)
     if status not in FINAL_COST_STATUSES or not math.isfinite(cost) or cost < 0:
-        log.warning("cost.backfill_bad_result", row_id=row["id"], model=row["model"],
+        log.warning("cost.backfill_bad_result", row_id=row["id"], model=row["priced_model"],
                     status=status, cost_usd=cost)
         return _Plan(row, old_status, old_cost, None)
     if old_status == "ok" and status != "ok":
@@ -218,7 +226,7 @@ def _apply(db: Database, changes: list[_Plan], calc_at: str) -> list[_Plan]:
         for plan in changes:
             row, result = plan.row, plan.result
             assert result is not None
-            params = {c: row[c] for c in ("id", "provider", "model", "cost_usd",
+            params = {c: row[c] for c in ("id", "provider", "model", "cost_model", "cost_usd",
                                           "cost_status", *_TOKEN_COLUMNS)}
             params.update(new_cost=plan.cost, new_status=plan.status)
             if conn.execute(_UPDATE, params).rowcount == 0:
@@ -227,10 +235,13 @@ def _apply(db: Database, changes: list[_Plan], calc_at: str) -> list[_Plan]:
             delta = plan.cost - plan.old_cost
             if delta:
                 conn.execute(_DAILY_DELTA, (row["day"], row["provider"], row["model"], delta))
+                # An attributed row is counted in daily_account_usage too (a no-op for
+                # one without an account; one attributed later brings its new cost).
+                add_account_cost_delta(conn, row["id"], delta)
             if not _audit_is_current(conn, row["id"], plan.status == row["cost_status"],
                                      plan.cost):
                 conn.execute(_AUDIT, (
-                    row["id"], row["model"], row["provider"], audit_source(plan.status),
+                    row["id"], row["priced_model"], row["provider"], audit_source(plan.status),
                     plan.cost, calc_at, result.rule, result.price_key,
                     json.dumps(dict(result.detail), separators=(",", ":"), default=str)))
     return applied

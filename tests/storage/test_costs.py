@@ -14,6 +14,7 @@ from agent_cli_proxy.storage import (
     Database,
     Finalization,
     PendingRow,
+    accounts,
     daily_usage_mismatches,
     finalize,
     get_daily_usage,
@@ -444,4 +445,130 @@ def test_row_finalized_after_the_snapshot_waits_for_the_next_run(
     assert slow_out[0].scanned == 1
     assert cost_of(db, later) == ("pending", 0.0)
     assert run(db).changed == 1
+    assert daily_usage_mismatches(db) == []
+
+
+# -- rows attributed to CLIProxyAPI accounts ---------------------------------------------
+
+ALIAS = "team-sonnet"  # a CPA model alias; the upstream model is claude-sonnet-4-5
+# Someone priced the alias itself (PRICING_OVERRIDES_JSON): not the price of the call.
+WITH_ALIAS = TABLE.with_local({ALIAS: {"input": 100, "output": 100}}, {})
+DEARER = PriceTable.from_models_dev({"anthropic": {"id": "anthropic", "models": {
+    "claude-sonnet-4-5": {"id": "claude-sonnet-4-5", "cost": {"input": 6, "output": 30}}}}},
+    fetched_at=1_700_000_000.0, source="test")
+EMPTY = PriceTable.from_models_dev({}, fetched_at=1_700_000_000.0, source="test")
+
+
+def served(db: Database, make_pending: MakePending, model: str) -> int:
+    """An Anthropic call CPA answered (it has an upstream latency), cost pending."""
+    row_id = insert_pending(db, make_pending(model=model, requested_model=model,
+                                             started_at=TODAY, provider="anthropic"))
+    assert finalize(db, row_id, Finalization(
+        lifecycle_status="completed", status=200, model=model, actual_model=model,
+        usage=PLAIN, streamed=False, latency_ms=900, finished_at=TODAY,
+        cost_status="pending", upstream_latency_ms=850))
+    return row_id
+
+
+def correlate(db: Database, row_id: int, cost: CostResult | None, *,
+              actual_model: str | None = "claude-sonnet-4-5") -> None:
+    """What the correlator writes when CPA's usage record names the upstream model."""
+    (candidate,) = [c for c in accounts.correlation_candidates(db, TODAY[:10], 10)
+                    if c.id == row_id]
+    assert accounts.apply_correlation(db, accounts.Correlation(
+        row=candidate, ref=accounts.AccountRef("alice@example.com", "aa00bb11cc22dd33"),
+        detail_key=f"detail-{row_id}", detail_at=TODAY, actual_model=actual_model,
+        cost=cost, cost_model=actual_model if cost is not None else None), now_iso=TODAY)
+
+
+def account_cost(db: Database) -> float:
+    row = db.reader().execute("SELECT SUM(cost_usd) FROM daily_account_usage").fetchone()
+    return float(row[0] or 0.0)
+
+
+def test_repricing_an_attributed_row_moves_its_account_total(
+        db: Database, make_pending: MakePending) -> None:
+    row_id = served(db, make_pending, "claude-sonnet-4-5")
+    assert accounts.attribute(db, row_id, accounts.AccountRef("bob@example.com", "idx1"),
+                              now_iso=TODAY)  # by trace header, before any price
+    assert account_cost(db) == 0.0
+    assert run(db).changed == 1
+    assert cost_of(db, row_id) == ("ok", CLAUDE_COST)
+    assert account_cost(db) == pytest.approx(CLAUDE_COST)
+    assert accounts.account_usage_mismatches(db) == []
+    assert run(db, DEARER, recompute_all=True).changed == 1  # prices doubled
+    assert account_cost(db) == pytest.approx(2 * CLAUDE_COST)
+    assert accounts.account_usage_mismatches(db) == []
+    assert daily_usage_mismatches(db) == []
+
+
+def test_an_unattributed_row_gets_its_new_cost_when_attributed_later(
+        db: Database, make_pending: MakePending) -> None:
+    row_id = served(db, make_pending, "claude-sonnet-4-5")
+    assert run(db).changed == 1
+    assert db.reader().execute("SELECT COUNT(*) FROM daily_account_usage").fetchone()[0] == 0
+    assert accounts.attribute(db, row_id, accounts.AccountRef("bob@example.com", "idx1"),
+                              now_iso=TODAY)
+    assert account_cost(db) == pytest.approx(CLAUDE_COST)
+    assert accounts.account_usage_mismatches(db) == []
+
+
+def test_backfill_prices_the_upstream_model_correlation_recorded(
+        db: Database, make_pending: MakePending) -> None:
+    row_id = served(db, make_pending, ALIAS)
+    # Correlation learnt the upstream model while it had no price yet.
+    correlate(db, row_id, compute_cost(EMPTY, "claude-sonnet-4-5", "anthropic", PLAIN))
+    row = get_request(db, row_id)
+    assert row is not None
+    assert (row["model"], row["cost_model"], row["cost_status"]) == \
+        (ALIAS, "claude-sonnet-4-5", "pending")
+    assert compute_cost(WITH_ALIAS, ALIAS, "anthropic", PLAIN).status == "ok"
+    assert run(db, WITH_ALIAS).changed == 1  # priced as the upstream model, not the alias
+    assert cost_of(db, row_id) == ("ok", CLAUDE_COST)
+    audit = cost_audit_for(db, row_id)[-1]
+    assert (audit["model"], audit["price_key"]) == ("claude-sonnet-4-5",
+                                                    "anthropic/claude-sonnet-4-5")
+    assert run(db, DEARER, recompute_all=True).changed == 1
+    assert cost_of(db, row_id) == ("ok", 2 * CLAUDE_COST)
+    assert account_cost(db) == pytest.approx(2 * CLAUDE_COST)
+    assert day_cost(db, TODAY[:10], ALIAS) == pytest.approx(2 * CLAUDE_COST)
+    assert accounts.account_usage_mismatches(db) == []
+    assert daily_usage_mismatches(db) == []
+
+
+def test_a_row_priced_on_the_alias_is_not_written_once_correlation_named_the_model(
+        db: Database, make_pending: MakePending) -> None:
+    row_id = served(db, make_pending, ALIAS)
+    gate = Gate(WITH_ALIAS)
+    slow, slow_out = in_thread(lambda: backfill_costs(
+        db, gate, now_ms=NOW_MS, lookback_ms=None, chunk_size=1))
+    assert gate.inside.wait(10)  # the row was read (no cost_model yet) and is being priced
+    correlate(db, row_id, compute_cost(EMPTY, "claude-sonnet-4-5", "anthropic", PLAIN))
+    gate.release.set()
+    slow.join(10)
+    report = slow_out[0]
+    assert isinstance(report, BackfillReport)
+    assert (report.changed, report.skipped) == (0, 1)  # the alias price is not written
+    assert cost_of(db, row_id) == ("pending", 0.0)
+    assert run(db).changed == 1  # the next run prices what correlation recorded
+    assert cost_of(db, row_id) == ("ok", CLAUDE_COST)
+    assert accounts.account_usage_mismatches(db) == []
+    assert daily_usage_mismatches(db) == []
+
+
+def test_a_row_attributed_while_it_is_priced_is_counted_once(
+        db: Database, make_pending: MakePending) -> None:
+    row_id = served(db, make_pending, "claude-sonnet-4-5")
+    gate = Gate(TABLE)
+    slow, slow_out = in_thread(lambda: backfill_costs(
+        db, gate, now_ms=NOW_MS, lookback_ms=None, chunk_size=1))
+    assert gate.inside.wait(10)
+    # Attributed between the backfill's read and its write: the account has the old cost.
+    assert accounts.attribute(db, row_id, accounts.AccountRef("bob@example.com", "idx1"),
+                              now_iso=TODAY)
+    gate.release.set()
+    slow.join(10)
+    assert slow_out[0].changed == 1
+    assert account_cost(db) == pytest.approx(CLAUDE_COST)
+    assert accounts.account_usage_mismatches(db) == []
     assert daily_usage_mismatches(db) == []

@@ -35,6 +35,7 @@ from agent_cli_proxy.usage.identify import Identity
 from agent_cli_proxy.usage.pricing import PriceTable
 from agent_cli_proxy.web.recorder import CallRecorder
 from agent_cli_proxy.workers.accounts import LOOP_NAME, AccountAttribution
+from agent_cli_proxy.workers.backfill import CostBackfill
 from agent_cli_proxy.workers.supervisor import Supervisor
 from tests import wire
 from tests.conftest import RunningProxy, event_fields, event_name, logged_events
@@ -265,6 +266,38 @@ def test_a_later_price_keeps_account_totals_exact(make_env: Any) -> None:
         add_account_cost_delta(conn, row_id, 0.25)
     assert_consistent(env.db)
     assert account_totals(env.db)["alice@example.com"][2] == 0.25
+
+
+
+def test_the_cost_backfill_keeps_account_totals_exact(make_env: Any) -> None:
+    env = make_env("v6")
+    prices = [PriceTable.from_models_dev({}, fetched_at=NOW_S - 60, source="test")]
+    env.attribution = AccountAttribution(env.db, env.settings, env.management,
+                                         lambda: prices[0], clock=env.clock)
+    env.cpa.response_aliases = {wire.CLAUDE_MODEL: "team-sonnet"}  # CPA force-mapping
+    aliased = env.call("/v1/messages", {**MESSAGES, "model": "team-sonnet"})
+    env.clock.advance(40)
+    plain = env.call("/v1/chat/completions", CHAT)  # priced when it ended
+    env.tick()  # both attributed; the upstream model learnt, but it has no price yet
+    row = env.row(aliased)
+    assert (row["cliproxy_account"], row["cost_model"], row["cost_status"]) == \
+        ("alice@example.com", wire.CLAUDE_MODEL, "pending")
+    assert env.row(plain)["cliproxy_account"] == "carol@example.com"
+    assert account_totals(env.db)["alice@example.com"][2] == 0
+
+    prices[0] = TABLE  # prices arrive
+    env.clock.advance(60)
+    report = CostBackfill(env.db, env.settings, lambda: prices[0], clock=env.clock).run_once()
+    assert (report.scanned, report.changed) == (1, 1)
+    # Priced as the model CPA used, not the alias the client asked for (which has none).
+    claude = compute_cost(TABLE, wire.CLAUDE_MODEL, "anthropic", wire.CLAUDE_BUCKETS)
+    chat = compute_cost(TABLE, wire.CHAT_MODEL, "openai", wire.CHAT_BUCKETS)
+    assert (env.row(aliased)["cost_status"], env.row(aliased)["cost_usd"]) == \
+        ("ok", claude.cost_usd)
+    totals = account_totals(env.db)
+    assert totals["alice@example.com"][2] == round(claude.cost_usd, 9)
+    assert totals["carol@example.com"][2] == round(chat.cost_usd, 9)
+    assert_consistent(env.db)
 
 
 # -- fallback: usage records --------------------------------------------------------------
