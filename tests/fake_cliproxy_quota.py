@@ -9,7 +9,9 @@ tiny vendor server on loopback for the auth-dir fallback.
 
 Scripting is per account: an auth file may carry ``"fake_quota": {"status": 401, "body":
 …}`` (one answer for every probe) or a list of such answers (used in order, the last one
-repeating); ``"fake_quota_calls"`` collects what api-call sent for it.
+repeating); ``"fake_quota_hold"``, a ``threading.Event``, keeps api-call from answering
+for that account until it is set (a slow vendor); ``"fake_quota_calls"`` collects what
+api-call sent for it.
 """
 
 from __future__ import annotations
@@ -163,6 +165,9 @@ def answer_api_call(body: dict[str, Any], auth_files: list[dict[str, Any]]
     data = body.get("data")
     entry.setdefault("fake_quota_calls", []).append(
         {"method": method, "url": url, "header": headers, "data": data})
+    hold = entry.get("fake_quota_hold")
+    if isinstance(hold, threading.Event):
+        hold.wait(30)  # the vendor is slow; a test sets it when it is done with the call
     answer = _scripted(entry)
     if answer is None:
         answer = vendor_answer(method, url, headers, data if isinstance(data, str) else None,

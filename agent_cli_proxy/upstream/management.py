@@ -14,6 +14,12 @@ another route means that route is missing in this version (``/usage`` left in v6
 ``/usage-queue`` came in v6.10.8): that route alone is skipped for 10 minutes. A
 connection failure makes the next attempt wait 5 s, doubling up to 5 minutes.
 
+``/api-call`` is the exception to that last rule: CPA answers it only once the vendor
+it relays to has answered, so its caller gives it its own timeout (QUOTA_REFRESH_TIMEOUT_MS)
+and running out of it means a slow vendor, not an unreachable CPA. It raises
+``ManagementUnavailable("timeout")`` and leaves the client's state alone, so one slow
+quota probe never pauses account attribution. Failing to connect to CPA still counts.
+
 The key is sent as ``Authorization: Bearer`` and ``X-Management-Key`` and never logged;
 nor is any answer body (``/usage`` is keyed by client API keys in plaintext).
 """
@@ -28,14 +34,14 @@ from typing import Any, Literal, NoReturn
 from agent_cli_proxy.clock import Clock
 from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
-from agent_cli_proxy.upstream.client import Timeouts, UpstreamClient, UpstreamError
+from agent_cli_proxy.upstream.client import Timeouts, UpstreamClient, UpstreamError, classify_error
 from agent_cli_proxy.upstream.cpa_headers import VERSION_HEADER
 
 _log = get_logger("accounts")
 
 MANAGEMENT_PREFIX = "/v0/management"
 Reason = Literal["not_configured", "disabled", "unauthorized", "banned", "unreachable",
-                 "backoff", "bad_response"]
+                 "backoff", "bad_response", "timeout"]
 State = Literal["unknown", "ok", "disabled", "unauthorized", "banned", "unreachable",
                 "not_configured"]
 
@@ -95,7 +101,7 @@ class ManagementClient:
         self._base = base_url.rstrip("/") + MANAGEMENT_PREFIX
         self._key = key
         self._clock = clock
-        self._timeouts = Timeouts(connect=min(timeout_s, 5.0), read=timeout_s)
+        self._timeouts = _timeouts(timeout_s)
         self._lock = threading.Lock()
         self._state: State = "unknown" if key else "not_configured"
         self._version: str | None = None
@@ -131,17 +137,21 @@ class ManagementClient:
         return [r for r in doc if isinstance(r, dict)]
 
     def api_call(self, auth_index: str, method: str, url: str, header: dict[str, str],
-                 data: str | None = None) -> tuple[int, str]:
+                 data: str | None = None, *, timeout_s: float | None = None
+                 ) -> tuple[int, str]:
         """``POST /api-call``: CPA sends the request with the credential's token (§1.8).
 
         Returns the relayed upstream status and body text. CPA's own refusals (400 ``auth
-        token not found``, 502 ``request failed``) raise ``bad_response``.
+        token not found``, 502 ``request failed``) raise ``bad_response``. *timeout_s*
+        bounds the wait for CPA's answer (the client's own timeout by default); running
+        out of it raises ``timeout`` and is not held against the management API.
         """
         body: dict[str, Any] = {"auth_index": auth_index, "method": method, "url": url,
                                 "header": header}
         if data is not None:
             body["data"] = data
-        doc = self._json("POST", "/api-call", body=body)
+        timeouts = None if timeout_s is None else _timeouts(timeout_s)
+        doc = self._json("POST", "/api-call", body=body, timeouts=timeouts, relayed=True)
         status = doc.get("status_code") if isinstance(doc, dict) else None
         text = doc.get("body", "") if isinstance(doc, dict) else None
         if not isinstance(status, int) or not isinstance(text, str):
@@ -166,7 +176,10 @@ class ManagementClient:
     # -- one request -------------------------------------------------------------------------
 
     def _json(self, method: str, route: str, *, query: str = "",
-              body: dict[str, Any] | None = None) -> Any:
+              body: dict[str, Any] | None = None, timeouts: Timeouts | None = None,
+              relayed: bool = False) -> Any:
+        """One request and its verdict. *relayed*: CPA answers only after a third party
+        did (``/api-call``), so a read timeout is that party's slowness, not CPA's."""
         probe = self._admit(route)
         url = self._base + route + (f"?{query}" if query else "")
         headers = [("Authorization", f"Bearer {self._key}"), ("X-Management-Key", self._key),
@@ -177,16 +190,17 @@ class ManagementClient:
             payload = json.dumps(body, separators=(",", ":")).encode()
             headers.append(("Content-Type", "application/json"))
         try:
+            wait = timeouts or self._timeouts
             try:
-                response = self._client.send(method, url, headers, payload, self._timeouts)
+                response = self._client.send(method, url, headers, payload, wait)
             except UpstreamError as exc:
-                raise self._unreachable(route, exc.message) from exc
+                raise self._failed(route, exc, relayed, wait) from exc
             try:
                 raw = _read_bounded(response)
             except _TooLarge as exc:
                 raise self._bad(route, str(exc)) from exc
             except UpstreamError as exc:
-                raise self._unreachable(route, exc.message) from exc
+                raise self._failed(route, exc, relayed, wait) from exc
             version = response.headers.get(VERSION_HEADER)
             return self._judge(route, response.status, raw, version)
         finally:
@@ -295,6 +309,16 @@ class ManagementClient:
                          retry_after_s=round(until - self._clock.monotonic(), 1))
         self._state, self._last_error, self._blocked_until = state, message, until
 
+    def _failed(self, route: str, exc: UpstreamError, relayed: bool,
+                wait: Timeouts) -> ManagementUnavailable:
+        if relayed and exc.kind == "timeout" and not exc.connecting:
+            # Connected, sent, and CPA is still waiting for the vendor: this call only.
+            message = (f"CLIProxyAPI did not answer {route} within {wait.read:g} s "
+                       "(the call it relays is slow)")
+            _log.debug("accounts.management_timeout", route=route, error=message)
+            return ManagementUnavailable("timeout", message)
+        return self._unreachable(route, exc.message)
+
     def _unreachable(self, route: str, reason: str) -> ManagementUnavailable:
         now = self._clock.monotonic()
         with self._lock:
@@ -314,6 +338,11 @@ class ManagementClient:
 
 
 _NOT_JSON = object()
+
+
+def _timeouts(timeout_s: float) -> Timeouts:
+    # Connecting to CPA (loopback, usually) never needs the full read allowance.
+    return Timeouts(connect=min(timeout_s, 5.0), read=timeout_s)
 
 
 class _TooLarge(Exception):
@@ -339,7 +368,8 @@ def _read_bounded(response: Any) -> bytes:
     except _TooLarge:
         raise
     except Exception as exc:  # urllib3/socket errors while reading the body
-        raise UpstreamError("protocol", f"answer broke off: {exc}") from exc
+        # The kind is kept: a read timeout is not a broken connection (see _failed).
+        raise UpstreamError(classify_error(exc).kind, f"answer broke off: {exc}") from exc
     finally:
         if done:
             response.release_conn()

@@ -14,7 +14,10 @@ Where the accounts and their answers come from:
 
 A management API that is down or refuses the key is a warning (``quota.source_unavailable``)
 and an entry in :meth:`QuotaService.status`, never a crash and never a retry storm: one
-failed call ends the refresh's use of the API until the next interval. What a probe asks
+failed call ends the refresh's use of the API until the next interval. Each probe waits
+at most QUOTA_REFRESH_TIMEOUT_MS, also through ``api-call``; a vendor slower than that is
+an error of its account alone, and the management API (shared with account
+attribution) is not marked unreachable for it. What a probe asks
 and what an answer means is ``providers.quotas``; the rows are ``storage.quotas``.
 """
 
@@ -286,7 +289,7 @@ class QuotaService:
             try:
                 status, body = self._management.api_call(
                     account.auth_index, request.method, request.url, dict(request.headers),
-                    request.body)
+                    request.body, timeout_s=self._timeout_s)
             except ManagementUnavailable as exc:
                 message = f"api-call failed: {exc.message}"
                 if exc.reason in _ACCOUNT_REASONS:  # this account only
@@ -359,8 +362,9 @@ class QuotaService:
 
 
 # ManagementUnavailable reasons that concern the one account asked about, not the API:
-# CPA's own refusals of one api-call (400 "auth token not found", 502 "request failed").
-_ACCOUNT_REASONS = frozenset({"bad_response"})
+# CPA's own refusals of one api-call (400 "auth token not found", 502 "request failed"),
+# and a vendor slower than QUOTA_REFRESH_TIMEOUT_MS (CPA itself answers the others).
+_ACCOUNT_REASONS = frozenset({"bad_response", "timeout"})
 
 
 def _read_json(path: Path) -> Mapping[str, Any] | None:

@@ -258,6 +258,59 @@ def test_api_call_route_missing_stops_the_refresh_after_one_call(
     assert [w["reason"] for w in result["warnings"]] == ["disabled"]
 
 
+
+def test_a_slow_vendor_times_out_its_account_not_the_management_api(
+        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: Clock) -> None:
+    add_all_providers(cpa)
+    slow = threading.Event()
+    cpa.accounts[1].file["fake_quota_hold"] = slow  # Claude's usage endpoint hangs
+    client = management(cpa, http, clock)  # its own timeout (15 s) is not the probe's
+    service = QuotaService(db, settings(quota_refresh_timeout_ms=250), management=client,
+                           clock=clock)
+    try:
+        with logged_events("quota", lambda r: (r.levelname, event_name(r))) as events:
+            result = service.refresh()
+    finally:
+        slow.set()
+    accounts = by_account(result)
+    claude = accounts.pop("alice@example.com")
+    assert claude["status"] == "error"
+    assert "did not answer /api-call within 0.25 s" in claude["error"]
+    # The refresh went on to the other accounts, through the same management API …
+    assert {r["status"] for r in accounts.values()} == {"active"}
+    assert len(cpa.management_requests("/api-call")) == 5
+    assert result["warnings"] == []
+    assert ("WARNING", "quota.source_unavailable") not in events
+    # … which is not marked unreachable: account attribution carries on at once.
+    assert client.status()["state"] == "ok"
+    assert client.status()["retry_after_s"] is None
+    asked = len(cpa.management_requests("/auth-files"))
+    assert client.auth_files()
+    assert len(cpa.management_requests("/auth-files")) == asked + 1
+
+
+def test_cpa_hanging_up_on_api_call_still_marks_it_unreachable(
+        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: Clock) -> None:
+    cpa.add_account("alice@example.com", "claude", access_token="tok")
+    cpa.add_account("bob@example.com", "claude", access_token="tok")
+    client = management(cpa, http, clock)
+    service = QuotaService(db, settings(quota_refresh_timeout_ms=250), management=client,
+                           clock=clock)
+    original = cpa._route
+
+    def gone_after_one_probe(rec: Any) -> tuple[int, Any]:
+        if rec.path.endswith("/api-call"):
+            cpa.management_down = True  # the next management request is hung up on
+        return original(rec)
+
+    cpa._route = gone_after_one_probe  # type: ignore[method-assign]
+    result = service.refresh()
+    assert [a["status"] for a in result["accounts"]] == ["active", "error"]
+    # Not a slow vendor: CPA itself is gone, and the shared client backs off.
+    assert client.status()["state"] == "unreachable"
+    assert [w["reason"] for w in result["warnings"]] == ["unreachable"]
+
+
 # -- the auth-dir fallback -----------------------------------------------------------------
 
 def write(path: Path, data: dict[str, Any]) -> Path:
