@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from agent_cli_proxy.config_values import (
+    ONE_LINE_MESSAGE,
     Parser,
     ValueProblems,
     boolean,
@@ -35,6 +36,7 @@ from agent_cli_proxy.config_values import (
     exactly_one,
     http_url,
     integer,
+    is_header_safe,
     is_loopback,
     milliseconds,
     name_mapping,
@@ -548,6 +550,11 @@ def _build(ctx: _Context, *, strict: bool = True) -> Settings:
     for field in FIELDS:
         raw = _raw_secret(ctx, field.name) if field.secret else ctx.lookup(field.name)
         value = None
+        if raw is not None and field.secret and not is_header_safe(raw):
+            # Secrets go into HTTP headers; a stray second line in a key file would make
+            # every request fail, with the key quoted in the error. The value is never shown.
+            ctx.issues.append(ConfigIssue(field.name, ONE_LINE_MESSAGE))
+            raw = None
         if raw is not None:
             try:
                 value = field.parse(raw)

@@ -265,3 +265,14 @@ def display_url(url: str) -> str:
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+
+
+ONE_LINE_MESSAGE = (
+    "must be one line of printable ASCII characters (it is sent in an HTTP header); "
+    "check for a second line or stray characters")
+
+
+def is_header_safe(value: str) -> bool:
+    """True when *value* can be sent as an HTTP header value as it is: visible ASCII and
+    spaces only (no line breaks, control characters or non-ASCII letters)."""
+    return all(" " <= ch <= "~" for ch in value)

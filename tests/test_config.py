@@ -577,6 +577,17 @@ def test_secret_from_name_file(home: Path, tmp_path: Path) -> None:
     assert settings.cliproxy_mgmt_key == "from-file"
 
 
+def test_a_secret_file_with_a_second_line_is_refused_without_echoing_it(
+        home: Path, tmp_path: Path) -> None:
+    secret = write(tmp_path / "key", "cpa-SECRET-123\n# rotated 2026-11\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env(home, CLI_PROXY_API_KEY_FILE=str(secret)))
+    (issue,) = caught.value.issues
+    assert issue.name == "CLI_PROXY_API_KEY"
+    assert "one line of printable ASCII" in issue.message
+    assert "cpa-SECRET" not in str(caught.value)
+
+
 def test_secret_from_systemd_credentials(home: Path, tmp_path: Path) -> None:
     credentials = tmp_path / "creds"
     write(credentials / "CLI_PROXY_API_KEY", "from-credential\n")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from agent_cli_proxy.config_values import display_url, normalize_http_url
+from agent_cli_proxy.config_values import display_url, is_header_safe, normalize_http_url
 
 PROVIDER_TYPES: Final = ("openai-compatible", "anthropic")
 AUTH_TYPES: Final = ("none", "preserve", "bearer", "x-api-key")
@@ -29,6 +29,10 @@ REDACTED: Final = "[redacted]"
 _AUTH_KEYS: Final = frozenset({"type", "env", "value", "header"})
 # An HTTP field name (RFC 9110 §5.1): a token.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A request path as sent on the wire: visible ASCII, no spaces, query or fragment.
+_PATH = re.compile(r"/[!-~]*")
+# Provider ids travel in the x-provider header and in /admin/breakers/<id>.
+_ID = re.compile(r"[!-.0-~]+")  # visible ASCII except "/"
 # Headers that describe the proxy's own connection to the upstream: set by the proxy.
 _MANAGED_HEADERS: Final = frozenset({
     "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
@@ -124,6 +128,9 @@ def _check_paths(c: _Checker, entry: Mapping[str, Any]) -> tuple[str, ...]:
             c.issue(f"paths[{j}]", "must be a non-empty string")
         elif not path.startswith("/"):
             c.issue(f"paths[{j}]", "must start with /")
+        elif not _PATH.fullmatch(path) or "?" in path or "#" in path:
+            c.issue(f"paths[{j}]", "must be a request path (visible ASCII, no spaces, "
+                    "query or fragment)")
     return tuple(p for p in paths if isinstance(p, str))
 
 
@@ -133,10 +140,15 @@ def _check_url(c: _Checker, entry: Mapping[str, Any]) -> str:
         c.issue("upstreamBaseUrl", "must be a non-empty http(s) URL string")
         return ""
     try:
-        return normalize_http_url(raw)
+        url = normalize_http_url(raw)
     except ValueError as exc:
         c.issue("upstreamBaseUrl", str(exc))
         return ""
+    if "@" in url.split("//", 1)[-1].split("/", 1)[0]:
+        # urllib3 would silently drop user:password; say where credentials belong.
+        c.issue("upstreamBaseUrl", "must not contain user:password (use auth instead)")
+        return ""
+    return url
 
 
 def _check_models(c: _Checker, entry: Mapping[str, Any]) -> tuple[str, ...]:
@@ -170,8 +182,8 @@ def _check_headers(c: _Checker, entry: Mapping[str, Any]) -> tuple[tuple[str, st
             c.issue(f"headers.{name}", "is set by the proxy for its own connection")
         elif not isinstance(value, str):
             c.issue(f"headers.{name}", "must be a string")
-        elif any(ch in value for ch in "\r\n\0"):
-            c.issue(f"headers.{name}", "must not contain line breaks or NUL")
+        elif not is_header_safe(value):
+            c.issue(f"headers.{name}", "must be one line of printable ASCII characters")
         else:
             out.append((name, value))
     return tuple(out)
@@ -210,6 +222,9 @@ def _check_auth(c: _Checker, entry: Mapping[str, Any]) -> ProviderAuth:
     header = fields["header"]
     if header is not None and not _TOKEN.fullmatch(header):
         c.issue("auth.header", "must be a valid header name")
+    elif header is not None and header.lower() in _MANAGED_HEADERS:
+        c.issue("auth.header", "is set by the proxy for its own connection")
+        header = None
     if kind in ("bearer", "x-api-key"):
         if fields["env"] is None and fields["value"] is None and not (
                 "env" in auth or "value" in auth):
@@ -217,8 +232,8 @@ def _check_auth(c: _Checker, entry: Mapping[str, Any]) -> ProviderAuth:
         elif fields["env"] is not None and fields["value"] is not None:
             c.issue("auth", "must name only one of env and value")
     value = fields["value"]
-    if value is not None and any(ch in value for ch in "\r\n\0"):
-        c.issue("auth.value", "must not contain line breaks or NUL")
+    if value is not None and not is_header_safe(value):
+        c.issue("auth.value", "must be one line of printable ASCII characters")
     return ProviderAuth(kind, env=fields["env"], value=value, header=header)
 
 
@@ -231,6 +246,8 @@ def _check_entry(i: int, entry: object) -> tuple[CustomProvider | None, list[Iss
     if not _non_empty_string(provider_id):
         c.issue("id", "must be a non-empty string")
         provider_id = ""
+    elif not _ID.fullmatch(str(provider_id)):
+        c.issue("id", "must be visible ASCII characters without spaces or /")
     elif provider_id == DEFAULT_ID:
         c.issue("id", f"must not be {DEFAULT_ID}, the default upstream's id")
     kind = entry.get("type")
@@ -243,6 +260,8 @@ def _check_entry(i: int, entry: object) -> tuple[CustomProvider | None, list[Iss
         c.issue("upstreamPath", "must be a non-empty string")
     elif upstream_path is not None and not upstream_path.startswith("/"):
         c.issue("upstreamPath", "must start with /")
+    elif upstream_path is not None and not _PATH.fullmatch(upstream_path):
+        c.issue("upstreamPath", "must be a request path (visible ASCII, no spaces)")
     models = _check_models(c, entry)
     headers = _check_headers(c, entry)
     auth = _check_auth(c, entry)
@@ -298,7 +317,13 @@ def resolve_tokens(providers: tuple[CustomProvider, ...], lookup: Callable[[str]
         token = auth.value
         if auth.env is not None:
             token = (lookup(auth.env) or "").strip() or None
-            if token is None and auth.type in ("bearer", "x-api-key"):
+            if token is not None and not is_header_safe(token):
+                # Never sent (it would break every request, quoted in the error) nor shown.
+                warnings.append(f"provider {provider.id}: the value of {auth.env} is not one "
+                                "line of printable ASCII; its requests are sent without a "
+                                "credential")
+                token = None
+            elif token is None and auth.type in ("bearer", "x-api-key"):
                 warnings.append(f"provider {provider.id}: auth.env names {auth.env}, which is "
                                 "not set; its requests are sent without a credential")
         out.append(dataclasses.replace(provider, auth=dataclasses.replace(auth, token=token)))

@@ -23,6 +23,7 @@ from agent_cli_proxy.providers.custom_config import (
     ProviderAuth,
     check_document,
     registry_view,
+    resolve_tokens,
 )
 
 SECRET = "sk-live-DO-NOT-SHOW-0123456789"
@@ -234,7 +235,7 @@ def test_the_view_never_shows_a_credential() -> None:
     doc = {"providers": [
         good(headers={"Authorization": f"Bearer {SECRET}", "X-Team": SECRET},
              auth={"type": "x-api-key", "value": SECRET, "header": "api-key"},
-             upstreamBaseUrl=f"https://user:{SECRET}@llm.example/v1"),
+             upstreamBaseUrl="https://llm.example/v1"),
         good(id="env", auth={"type": "bearer", "env": "GLM_API_KEY"}),
     ]}
     settings = settings_for_tests(providers_json=json.dumps(doc))
@@ -249,3 +250,34 @@ def test_the_view_never_shows_a_credential() -> None:
     assert literal["upstreamBaseUrl"] == "https://llm.example/v1"
     assert from_env["auth"] == {"type": "bearer", "env": "GLM_API_KEY", "envSet": True}
     assert (view["source"], view["path"]) == ("PROVIDERS_JSON", None)
+
+
+@pytest.mark.parametrize(("change", "name", "message"), [
+    ({"upstreamBaseUrl": f"https://user:{SECRET}@llm.example/v1"}, "upstreamBaseUrl",
+     "must not contain user:password (use auth instead)"),
+    ({"headers": {"X-Org": "Z\u00fcrich"}}, "headers.X-Org",
+     "must be one line of printable ASCII characters"),
+    ({"auth": {"type": "bearer", "value": SECRET + "\n# old"}}, "auth.value",
+     "must be one line of printable ASCII characters"),
+    ({"auth": {"type": "x-api-key", "value": SECRET, "header": "Content-Length"}},
+     "auth.header", "is set by the proxy for its own connection"),
+    ({"paths": ["/v1/chat completions"]}, "paths[0]",
+     "must be a request path (visible ASCII, no spaces, query or fragment)"),
+    ({"upstreamPath": "/v1/x\r\nX: y"}, "upstreamPath",
+     "must be a request path (visible ASCII, no spaces)"),
+    ({"id": " glm "}, "id", "must be visible ASCII characters without spaces or /"),
+    ({"id": "a/b"}, "id", "must be visible ASCII characters without spaces or /"),
+])
+def test_values_that_could_not_be_sent_as_they_are_are_refused(
+        change: dict[str, object], name: str, message: str) -> None:
+    _, issues = check_document({"providers": [good(**change)]})
+    assert (f"providers[0].{name}", message) in issues
+    assert SECRET not in repr(issues)
+
+
+def test_a_token_from_the_environment_with_a_second_line_is_not_sent() -> None:
+    (provider,), _ = check_document({"providers": [
+        good(auth={"type": "bearer", "env": "GLM_API_KEY"})]})
+    (resolved,), warnings = resolve_tokens((provider,), {"GLM_API_KEY": SECRET + "\nx"}.get)
+    assert resolved.auth.token is None
+    assert len(warnings) == 1 and SECRET not in warnings[0]
