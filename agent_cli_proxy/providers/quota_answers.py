@@ -63,7 +63,11 @@ def parse_answer(provider: str, status: int, body: str, now: float) -> Outcome:
     parser = _PARSERS.get(provider)
     if parser is None:
         return Outcome("unsupported", error="quota endpoint is not known for this provider")
-    return parser(data, now)
+    try:
+        return parser(data, now)
+    except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
+        # A shape no parser foresaw is this account's problem, never the whole refresh's.
+        return Outcome("error", error=f"unreadable {provider} quota answer ({exc})"[:300])
 
 
 def _json(body: str) -> Any:
@@ -84,8 +88,22 @@ def _error_text(data: Any, body: str) -> str:
 
 
 def _status_of(windows: list[Window], limit_reached: bool = False) -> str:
+    """``limit_reached`` when the vendor says so or one of *windows* (the account's main
+    allowances, not side ones such as code review or paid extra usage) is used up."""
     full = any(w.used_pct is not None and w.used_pct >= 100 for w in windows)
     return "limit_reached" if limit_reached or full else "active"
+
+
+def _all_full(windows: list[Window]) -> str:
+    """Per-model buckets: the account is blocked only when every model's bucket is."""
+    full = bool(windows) and all(w.used_pct is not None and w.used_pct >= 100
+                                 for w in windows)
+    return "limit_reached" if full else "active"
+
+
+def _items(value: Any) -> list[Any]:
+    """A JSON array's items, or none when the vendor sent something else there."""
+    return value if isinstance(value, list) else []
 
 
 def percent(value: Any, *, fraction: bool = False) -> float | None:
@@ -154,11 +172,12 @@ def _window_name(seconds: Any, fallback: str) -> str:
 
 def _codex(data: Mapping[str, Any], now: float) -> Outcome:
     windows: list[Window] = []
+    main: list[Window] = []  # the plan's own 5 h / weekly windows decide the status
     reached = False
     limits: list[tuple[str, Any, str | None]] = [
         ("", data.get("rate_limit"), None),
         ("code_review_", data.get("code_review_rate_limit"), None)]
-    for extra in data.get("additional_rate_limits") or ():
+    for extra in _items(data.get("additional_rate_limits")):
         if isinstance(extra, Mapping):
             name = _text(extra.get("limit_name")) or _text(extra.get("metered_feature"))
             if name:  # per-model limits (e.g. a Codex model with its own allowance)
@@ -181,7 +200,9 @@ def _codex(data: Mapping[str, Any], now: float) -> Outcome:
                 reset = iso_time(now + after)
             name = prefix + _window_name(win.get("limit_window_seconds"), fallback)
             windows.append(Window(name, used, reset, model, dict(win)))
-    return Outcome(_status_of(windows, reached), tuple(windows), _text(data.get("plan_type")))
+            if prefix == "":
+                main.append(windows[-1])
+    return Outcome(_status_of(main, reached), tuple(windows), _text(data.get("plan_type")))
 
 
 def _codex_error(error: Mapping[str, Any], now: float, status: int) -> Outcome:
@@ -219,7 +240,7 @@ def _claude(data: Mapping[str, Any], now: float) -> Outcome:
         if (win := _claude_window(key, value, None)) is not None:
             windows[win.window] = win
     # The 2026 shape: per-model weekly buckets in a limits[] array (parse both).
-    for item in data.get("limits") or ():
+    for item in _items(data.get("limits")):
         if not isinstance(item, Mapping):
             continue
         name = next((str(item[k]) for k in ("name", "id", "type", "window", "key")
@@ -237,7 +258,9 @@ def _claude(data: Mapping[str, Any], now: float) -> Outcome:
             used = percent(spent / limit, fraction=True)
         windows["extra_monthly"] = Window("extra_monthly", used, None, None, dict(extra))
     found = list(windows.values())
-    return Outcome(_status_of(found), tuple(found))
+    # Paid extra usage running out does not block the plan's own allowance.
+    return Outcome(_status_of([w for w in found if not w.window.startswith("extra_")]),
+                   tuple(found))
 
 
 def _remaining_window(name: str, item: Mapping[str, Any], model: str | None) -> Window:
@@ -248,22 +271,22 @@ def _remaining_window(name: str, item: Mapping[str, Any], model: str | None) -> 
 
 def _gemini(data: Mapping[str, Any], now: float) -> Outcome:
     windows = []
-    for bucket in data.get("buckets") or ():
+    for bucket in _items(data.get("buckets")):
         if not isinstance(bucket, Mapping) or not _text(bucket.get("modelId")):
             continue
         model = str(bucket["modelId"]).strip()
         kind = (_text(bucket.get("tokenType")) or "REQUESTS").lower()
         name = model if kind == "requests" else f"{model}:{kind}"
         windows.append(_remaining_window(name, bucket, model))
-    return Outcome(_status_of(windows), tuple(windows))
+    return Outcome(_all_full(windows), tuple(windows))
 
 
 def _antigravity(data: Mapping[str, Any], now: float) -> Outcome:
     windows = []
-    for group in data.get("groups") or ():
+    for group in _items(data.get("groups")):
         if not isinstance(group, Mapping):
             continue
-        for bucket in group.get("buckets") or ():
+        for bucket in _items(group.get("buckets")):
             if not isinstance(bucket, Mapping):
                 continue
             name = (_text(bucket.get("bucketId")) or _text(bucket.get("displayName"))
@@ -279,7 +302,7 @@ def _antigravity(data: Mapping[str, Any], now: float) -> Outcome:
         quota = info.get("quotaInfo") if isinstance(info, Mapping) else None
         if isinstance(quota, Mapping):
             windows.append(_remaining_window(str(name), quota, str(name)))
-    return Outcome(_status_of(windows), tuple(windows))
+    return Outcome(_all_full(windows), tuple(windows))
 
 
 def _kimi_window(name: str, detail: Any) -> Window | None:
@@ -304,12 +327,12 @@ def _kimi_span(window: Any) -> str:
 
 def _kimi(data: Mapping[str, Any], now: float) -> Outcome:
     windows: list[Window] = []
-    usages = [u for u in data.get("usages") or () if isinstance(u, Mapping)]
+    usages = [u for u in _items(data.get("usages")) if isinstance(u, Mapping)]
     coding = next((u for u in usages if u.get("scope") == "FEATURE_CODING"),
                   usages[0] if usages else data)
     weekly = _kimi_window("week", coding.get("detail") or coding.get("usage"))
     windows.extend([weekly] if weekly else [])
-    for item in coding.get("limits") or data.get("limits") or ():
+    for item in _items(coding.get("limits")) or _items(data.get("limits")):
         if isinstance(item, Mapping):
             win = _kimi_window(_kimi_span(item.get("window")), item.get("detail"))
             windows.extend([win] if win else [])

@@ -169,7 +169,11 @@ def test_kimi_weekly_and_window_limits() -> None:
 @pytest.mark.parametrize("provider", ["codex", "claude", "gemini-cli", "antigravity", "kimi"])
 @pytest.mark.parametrize("body", ["", "not json", "[]", "null", "42", '"text"', "{}",
                                   '{"rate_limit": "x", "five_hour": 3, "buckets": "x", '
-                                  '"groups": [1], "limits": {"a": 1}, "usages": "x"}'])
+                                  '"groups": [1], "limits": {"a": 1}, "usages": "x"}',
+                                  '{"limits": 0.5, "buckets": true, "groups": 7, "usages": 1, '
+                                  '"additional_rate_limits": 3}',
+                                  '{"groups": [{"buckets": 5}], "usages": [{"scope": '
+                                  '"FEATURE_CODING", "limits": 2}]}'])
 def test_odd_bodies_never_raise(provider: str, body: str) -> None:
     outcome = parse_answer(provider, 200, body, NOW)
     assert outcome.windows == ()
@@ -286,3 +290,22 @@ def test_vendor_urls_at_one_host_and_definitions() -> None:
     assert defs["codex"]["headers"]["Chatgpt-Account-Id"] == "<chatgpt_account_id>"
     assert json.loads(defs["gemini-cli"]["body"]) == {"project": "<project_id>"}
     assert len(defs["antigravity"]["fallback_urls"]) == 2
+
+
+def test_a_full_side_allowance_does_not_mark_the_account_limit_reached() -> None:
+    codex = copy.deepcopy(CODEX_USAGE)
+    codex["code_review_rate_limit"] = {
+        "allowed": True, "limit_reached": False,
+        "primary_window": {"used_percent": 100, "limit_window_seconds": 604800}}
+    assert parse_answer("codex", 200, json.dumps(codex), NOW).status == "active"
+    codex["rate_limit"]["primary_window"]["used_percent"] = 100
+    assert parse_answer("codex", 200, json.dumps(codex), NOW).status == "limit_reached"
+    claude = {"five_hour": {"utilization": 5, "resets_at": None},
+              "extra_usage": {"is_enabled": True, "utilization": 100}}
+    assert parse_answer("claude", 200, json.dumps(claude), NOW).status == "active"
+    # Per-model buckets: blocked only when every model's bucket is used up.
+    gemini = {"buckets": [{"modelId": "a", "remainingFraction": 0},
+                          {"modelId": "b", "remainingFraction": 0.5}]}
+    assert parse_answer("gemini-cli", 200, json.dumps(gemini), NOW).status == "active"
+    gemini["buckets"][1]["remainingFraction"] = 0
+    assert parse_answer("gemini-cli", 200, json.dumps(gemini), NOW).status == "limit_reached"
