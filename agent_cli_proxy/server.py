@@ -25,7 +25,7 @@ from agent_cli_proxy.config import ConfigError, Settings, ensure_directories, lo
 from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.sdnotify import notify
-from agent_cli_proxy.server_errors import JsonErrorChannel
+from agent_cli_proxy.server_channel import ProxyChannel
 from agent_cli_proxy.storage.database import Database, open_database
 from agent_cli_proxy.storage.instance_lock import acquire_instance_lock
 from agent_cli_proxy.storage.requests import recover_stale_pending
@@ -61,9 +61,10 @@ def make_server(app: ProxyApp, settings: Settings, *, host: str | None = None,
         clear_untrusted_proxy_headers=False,
     )
     # Every listening socket (a host name can resolve to several) makes its connections
-    # with this class: its own errors then read as JSON too.
+    # with this class: its own errors then read as JSON too, its main loop does not spin
+    # while a worker writes, and streams keep their connection (server_channel).
     for listener in _listeners(_sockets(server)):
-        listener.channel_class = JsonErrorChannel
+        listener.channel_class = ProxyChannel
     return server
 
 
@@ -214,16 +215,17 @@ def run_until_stopped(server: Any, app: ProxyApp, db: Database,
                          name="providers-reload", daemon=True).start()
 
     previous: dict[int, Any] = {}
-    install = not app.services.settings.disable_shutdown_handlers
-    if install and threading.current_thread() is threading.main_thread():
-        # Python's default SIGTERM kills the process without unwinding (no row
-        # finalization, no WAL checkpoint): turn it into an orderly stop.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, on_signal)
-        hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+    hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+    if threading.current_thread() is threading.main_thread():
+        if not app.services.settings.disable_shutdown_handlers:
+            # Python's default SIGTERM kills the process without unwinding (no row
+            # finalization, no WAL checkpoint): turn it into an orderly stop.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, on_signal)
         if hangup is not None:
             # The default SIGHUP ends the process; here it reloads the custom providers
-            # (systemctl reload), as daemons conventionally do.
+            # (systemctl reload), as daemons conventionally do. Not a shutdown handler:
+            # DISABLE_SHUTDOWN_HANDLERS leaves it installed.
             previous[hangup] = signal.signal(hangup, on_hangup)
     # Only now: whoever acts on "ready" may send the stop signal straight away.
     if on_ready is not None:
@@ -233,7 +235,9 @@ def run_until_stopped(server: Any, app: ProxyApp, db: Database,
     finally:
         drained.set()
         for number, handler in previous.items():
-            signal.signal(number, handler)  # a second signal now ends the process at once
+            # A second SIGTERM/SIGINT now ends the process at once; a late SIGHUP (a reload
+            # during the unwind) is ignored rather than killing it before the DB is closed.
+            signal.signal(number, signal.SIG_IGN if number == hangup else handler)
         wasyncore.close_all(_sockets(server))  # no-op after request_stop
         aborted = app.services.watcher.abort_all("shutdown")  # calls begun meanwhile
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=STOP_TIMEOUT_S)

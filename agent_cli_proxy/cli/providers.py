@@ -96,10 +96,13 @@ def command() -> click.Group:
             _fail("no home directory to put providers.json in; pass --path")
         if os.path.exists(target) and not force:
             _fail(f"{target} exists; pass --force to overwrite it")
+        from agent_cli_proxy.setup_config import make_private_dirs, write_file_atomically
+
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-            with open(target, "w", encoding="utf-8") as out:
-                out.write(json.dumps(EXAMPLE, indent=2) + "\n")
+            # 0600 in 0700 directories: the file is where provider keys (auth.value) go.
+            make_private_dirs(os.path.dirname(os.path.abspath(target)))
+            write_file_atomically(os.path.abspath(target), json.dumps(EXAMPLE, indent=2) + "\n",
+                                  0o600)
         except OSError as exc:
             _fail(f"cannot write {target}: {exc.strerror or exc}")
         click.echo(f"Created providers config: {target}")

@@ -55,6 +55,9 @@ def test_init_writes_a_valid_starter_and_never_overwrites_without_force(
     assert f"set PROVIDERS_CONFIG_PATH={default}" in result.stderr
     providers, problems = check_document(json.loads(default.read_text()))
     assert problems == [] and [p.id for p in providers] == ["local", "glm"]
+    # Provider keys go in this file: private from the start, whatever the umask.
+    assert default.stat().st_mode & 0o777 == 0o600
+    assert default.parent.stat().st_mode & 0o777 == 0o700
 
     default.write_text("mine")
     again = run(tmp_path, "init")
