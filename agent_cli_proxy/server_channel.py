@@ -1,0 +1,92 @@
+"""How the proxy's waitress connections send: without the main loop spinning, and (HTTP/1.1)
+kept open after a chunked answer.
+
+Two behaviours of waitress (2.1 to 3.0) cost the proxy dearly, measured on this design's
+2-core machines:
+
+* **The main loop spins while a worker thread writes.** With ``send_bytes`` = 1 (each chunk
+  goes out at once, which streaming needs) a worker thread appends its data to the
+  channel's out-buffer and sends it itself, holding the buffer's lock. Meanwhile the main
+  loop sees data in the buffer, polls the socket for "writable" (which it always is),
+  fails to take the lock, and polls again: about 200 rounds per proxied call, each taking
+  the GIL from the worker that is trying to finish the send. :class:`ProxyChannel` tells
+  the loop not to poll for writing while a worker is inside ``write_soon`` (which sends by
+  itself), and wakes the loop when the worker leaves data it could not send.
+* **Every chunked answer ends with** ``Connection: close`` (every stream), so each
+  streaming client reconnects for its next call. The chunked framing already tells the
+  client where the body ends (the ``0`` chunk), so :class:`KeepAliveTask` keeps an
+  HTTP/1.1 connection open after it, unless the client asked to close. A stream broken off
+  mid-way is still ended by closing the connection (waitress does so when the body
+  iterator raises, and never writes the last chunk then).
+
+Both rely on waitress internals (``write_soon``, ``_flush_outbufs_below_high_watermark``,
+``build_response_header``) that are the same from 2.1 to 3.0; the tests run at both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from waitress.task import WSGITask
+
+from agent_cli_proxy.server_errors import JsonErrorChannel
+
+_CLOSE_LINE = b"\r\nConnection: close"
+
+
+class KeepAliveTask(WSGITask):
+    """A WSGI task whose chunked HTTP/1.1 answer leaves the connection open."""
+
+    def build_response_header(self) -> bytes:
+        request: Any = self.request
+        # Decided before waitress adds its own "Connection: close": whether anything but
+        # the chunked framing would close the connection (the client asked, HTTP/1.0).
+        keep = (self.version == "1.1" and not self.close_on_finish
+                and request.headers.get("CONNECTION", "").lower() != "close")
+        head: bytes = super().build_response_header()
+        if keep and self.chunked_response and self.close_on_finish:
+            # waitress closes after any answer without a Content-Length; the chunked
+            # framing makes that needless. A WSGI app may not send a Connection header
+            # (waitress refuses hop-by-hop headers), so this line is waitress's own.
+            self.close_on_finish = False
+            self.response_headers = [(n, v) for n, v in self.response_headers
+                                     if (n.lower(), v.lower()) != ("connection", "close")]
+            head = head.replace(_CLOSE_LINE, b"", 1)
+        return head
+
+
+class ProxyChannel(JsonErrorChannel):
+    """A waitress channel whose main loop leaves the socket to a worker thread that is
+    writing (see the module docstring), with :class:`KeepAliveTask` answers."""
+
+    task_class = KeepAliveTask
+    _task_writing = False
+
+    def writable(self) -> bool:
+        # A worker inside write_soon() sends by itself (send_bytes = 1) and wakes the loop
+        # (below) when something is left: polling for POLLOUT now would only spin.
+        if self._task_writing:
+            return False
+        return bool(super().writable())
+
+    def write_soon(self, data: Any) -> int:
+        self._task_writing = True
+        try:
+            written: int = super().write_soon(data)
+        finally:
+            self._task_writing = False
+            # Only the loop removes data from the buffer: anything still there now is the
+            # loop's to send (the socket was full). It may have looked while this thread
+            # was writing, so wake it to look again.
+            if self.total_outbufs_len:
+                self.server.pull_trigger()
+        return written
+
+    def _flush_outbufs_below_high_watermark(self) -> None:
+        # Past the high watermark the worker waits for the loop to drain the buffer, so
+        # the loop must poll for writing meanwhile.
+        writing, self._task_writing = self._task_writing, False
+        try:
+            super()._flush_outbufs_below_high_watermark()  # type: ignore[misc]  # not in stubs
+        finally:
+            self._task_writing = writing

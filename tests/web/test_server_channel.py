@@ -1,0 +1,143 @@
+"""How the proxy's waitress connections behave on the wire (agent_cli_proxy.server_channel):
+streams keep an HTTP/1.1 connection open, a broken stream still closes it, and the main
+loop leaves writing to the worker thread that is sending."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from agent_cli_proxy import server_channel
+from tests import wire
+from tests.conftest import RunningProxy
+from tests.fake_upstream import FakeUpstream, Script
+
+STREAM = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True,
+                     "messages": [{"role": "user", "content": "hi"}]}).encode()
+PLAIN = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 100,
+                    "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def connect(proxy: RunningProxy) -> http.client.HTTPConnection:
+    url = urlsplit(proxy.url)
+    return http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+
+
+def post(conn: http.client.HTTPConnection, body: bytes,
+         headers: dict[str, str] | None = None) -> tuple[http.client.HTTPResponse, bytes]:
+    conn.request("POST", "/v1/messages", body=body,
+                 headers={"Content-Type": "application/json", **(headers or {})})
+    resp = conn.getresponse()
+    return resp, resp.read()
+
+
+def test_streams_keep_the_connection_open_for_the_next_call(proxy: RunningProxy) -> None:
+    canned = wire.messages_stream()
+    conn = connect(proxy)
+    try:
+        resp, body = post(conn, STREAM)
+        assert resp.status == 200
+        assert resp.getheader("Transfer-Encoding") == "chunked"
+        assert resp.getheader("Connection") is None
+        assert body == canned.body
+        sock = conn.sock
+        assert sock is not None  # http.client closes it when the server says close
+        # The same socket serves a second stream and then a call with a Content-Length.
+        resp, body = post(conn, STREAM)
+        assert body == canned.body
+        resp, body = post(conn, PLAIN)
+        assert resp.status == 200 and json.loads(body)["type"] == "message"
+        assert conn.sock is sock
+    finally:
+        conn.close()
+    rows = proxy.final_rows(3)
+    assert [r["lifecycle_status"] for r in rows] == ["completed"] * 3
+    assert [r["completion_tokens"] for r in rows[:2]] == [canned.usage.completion_tokens] * 2
+
+
+def test_a_client_asking_to_close_gets_a_closed_connection(proxy: RunningProxy) -> None:
+    conn = connect(proxy)
+    try:
+        resp, body = post(conn, STREAM, {"Connection": "close"})
+        assert resp.status == 200 and body == wire.messages_stream().body
+        assert resp.getheader("Connection") == "close"
+        assert conn.sock is None
+    finally:
+        conn.close()
+
+
+def test_http_1_0_streams_still_end_with_the_connection(proxy: RunningProxy) -> None:
+    url = urlsplit(proxy.url)
+    assert url.hostname is not None and url.port is not None
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(STREAM), STREAM))
+        reply = b""
+        while data := sock.recv(65536):  # ends: the proxy closes the connection
+            reply += data
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200")
+    assert b"transfer-encoding" not in head.lower()
+    assert body == wire.messages_stream().body
+
+
+def test_a_stream_broken_mid_way_still_cuts_the_connection(
+        proxy: RunningProxy, upstream: FakeUpstream) -> None:
+    canned = wire.messages_stream()
+    upstream.script(Script(content_type=canned.content_type, pieces=canned.pieces,
+                           drop_after=2))
+    url = urlsplit(proxy.url)
+    assert url.hostname is not None and url.port is not None
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(STREAM), STREAM))
+        reply = b""
+        try:
+            while data := sock.recv(65536):  # ends only because the proxy closes
+                reply += data
+        except ConnectionResetError:
+            pass
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    # No last chunk: the client can tell the stream is incomplete.
+    assert not body.endswith(b"0\r\n\r\n")
+    (row,) = proxy.final_rows()
+    assert row["lifecycle_status"] == "error"
+
+
+@pytest.fixture
+def write_rounds(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """How often the main loop ran handle_write on a connection while one of its requests
+    was being served (counted per call into the list)."""
+    rounds = [0]
+    original = server_channel.ProxyChannel.handle_write
+
+    def counting(self: Any) -> None:
+        if self.requests:
+            rounds[0] += 1
+        original(self)
+
+    monkeypatch.setattr(server_channel.ProxyChannel, "handle_write", counting)
+    yield rounds
+
+
+def test_the_main_loop_leaves_sending_to_the_worker(
+        proxy: RunningProxy, write_rounds: list[int]) -> None:
+    # Before server_channel, the loop polled the (always writable) socket and tried the
+    # locked out-buffer about 200 times per call while the worker was sending.
+    conn = connect(proxy)
+    try:
+        for body in (STREAM, PLAIN) * 10:
+            resp, _ = post(conn, body)
+            assert resp.status == 200
+    finally:
+        conn.close()
+    assert write_rounds[0] <= 5
