@@ -107,8 +107,13 @@ def to_usage(f: Mapping[str, int]) -> Usage:
 _INJECTED = b'"stream_options":{"include_usage":true},'
 
 
-def inject_include_usage(body: bytes) -> bytes | None:
+def inject_include_usage(body: bytes, parsed: dict[str, object] | None = None
+                         ) -> bytes | None:
     """Return ``body`` asking for stream usage, or None when no change is needed/possible.
+
+    *parsed*: ``json.loads(body.decode("utf-8"))`` if the caller already has it (the
+    classification's parse, :func:`~agent_cli_proxy.providers.routes.classify_parsed`);
+    it is not changed.
 
     Unchanged (None) unless the body is a UTF-8 JSON object with ``stream`` true and without
     ``stream_options.include_usage`` true. Without a ``stream_options`` key the member is
@@ -117,16 +122,18 @@ def inject_include_usage(body: bytes) -> bytes | None:
     exists without ``include_usage: true`` there is no safe textual edit, so the object is
     re-serialised compactly (``json.dumps(..., separators=(",", ":"), ensure_ascii=False)``).
     """
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    try:
-        # Parse the text, not the bytes: json.loads(bytes) also accepts UTF-16/32 and a
-        # BOM, where a textual splice would corrupt the body.
-        obj = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
+    obj: object = parsed
+    if obj is None:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        try:
+            # Parse the text, not the bytes: json.loads(bytes) also accepts UTF-16/32 and
+            # a BOM, where a textual splice would corrupt the body.
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
+            return None
     if not isinstance(obj, dict) or not wants_stream(obj.get("stream")):
         return None
     if "stream_options" not in obj:
@@ -139,7 +146,7 @@ def inject_include_usage(body: bytes) -> bytes | None:
         options = {**options, "include_usage": True}
     else:
         options = {"include_usage": True}
-    obj["stream_options"] = options
+    obj = {**obj, "stream_options": options}  # same key order; the caller's dict stays
     try:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError):  # e.g. a lone surrogate from a "\ud800" escape

@@ -42,6 +42,7 @@ upstream honours.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -109,26 +110,40 @@ class LLMCall:
     it. ``requested_model``/``stream`` hold the first occurrence's values (gjson's view)."""
 
 
+JsonObject = dict[str, object]
+
+
 def classify(method: str, path: str, body: bytes) -> LLMCall | None:
     """Return the LLM call described by a request, or None if it is not one.
 
     ``path`` is the request path; a query string, if still attached, is ignored. Never
     raises, whatever the input.
     """
+    return classify_parsed(method, path, body)[0]
+
+
+def classify_parsed(method: str, path: str, body: bytes
+                    ) -> tuple[LLMCall | None, JsonObject | None]:
+    """:func:`classify`, and the body as ``json.loads(body.decode("utf-8"))`` when the
+    classification parsed it that way (else None), so that the request's one other reader
+    of the whole body (:func:`~agent_cli_proxy.providers.openai_chat.inject_include_usage`)
+    need not parse it again. Drop it once routed: a large body's objects are many times
+    its size."""
     if method.upper() != "POST":
-        return None
+        return None, None
     path = _unprefixed(path.partition("?")[0], post=True)
     family = _EXACT_PATHS.get(path)
     if family is not None:
-        obj, repeated = _read_members(body)
-        return LLMCall(
+        obj, repeated, plain = _read_top_level(body, _CALL_KEYS)
+        call = LLMCall(
             family,
             PROVIDER_LABELS[family],
             _model_of(obj),
             wants_stream(obj.get("stream")) if obj is not None else False,
             ambiguous=bool(repeated & {"model", "stream"}),
         )
-    return _classify_gemini(path, body)
+        return call, plain
+    return _classify_gemini(path, body), None
 
 
 def is_unbilled(method: str, path: str) -> bool:
@@ -236,7 +251,39 @@ def _classify_gemini(path: str, body: bytes) -> LLMCall | None:
     return LLMCall(Family.GEMINI, "gemini", storable_model(model), stream)
 
 
-def _read_members(body: bytes) -> tuple[dict[str, object] | None, frozenset[str]]:
+_CALL_KEYS = (b'"model"', b'"stream"')
+# A JSON string escapes ASCII letters only by choice: "\u006dodel" is "model". Such an escape
+# anywhere means a key may spell a watched name without matching its plain bytes.
+_LETTER_ESCAPE = re.compile(rb"\\u00(?:6[1-9a-fA-F]|7[0-9aA])")
+
+
+def _read_top_level(body: bytes, watched: tuple[bytes, ...]
+                    ) -> tuple[JsonObject | None, frozenset[str], JsonObject | None]:
+    """What :func:`_read_members` says about the top-level keys *watched* (quoted, as
+    bytes): the object (right for those keys), which of them repeat, and the plain parse
+    of the UTF-8 text when it was made (else None).
+
+    The first-occurrence reading runs a Python hook for every object in the body, which
+    nearly doubles the cost of a large body's parse (conversations, tool schemas). When
+    each watched key occurs at most once in the bytes, and no escape could spell one
+    otherwise, no watched key can repeat: then the plain C parse gives the same values.
+    """
+    if (all(body.count(key) <= 1 for key in watched)
+            and _LETTER_ESCAPE.search(body) is None):
+        try:
+            # The text, as the other readers of the body parse it: json.loads(bytes)
+            # would also accept UTF-16/32, a BOM and encoded surrogates. Those, and
+            # anything that is not JSON, take the general path below.
+            value = json.loads(body.decode("utf-8"))
+        except (ValueError, RecursionError):
+            value = None
+        if isinstance(value, dict):
+            return value, frozenset(), value
+    obj, repeated = _read_members(body)
+    return obj, repeated, None
+
+
+def _read_members(body: bytes) -> tuple[JsonObject | None, frozenset[str]]:
     """The body as a JSON object (first occurrence of each key wins, at every depth, as
     gjson reads it) and its repeated top-level keys; ``(None, ∅)`` if not an object."""
     repeated: frozenset[str] = frozenset()

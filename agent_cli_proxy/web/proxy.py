@@ -20,7 +20,7 @@ from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.providers.custom_routing import SelectionError
 from agent_cli_proxy.providers.forwarding import client_response_headers
-from agent_cli_proxy.providers.routes import LLMCall, classify, error_style
+from agent_cli_proxy.providers.routes import LLMCall, classify_parsed, error_style
 from agent_cli_proxy.upstream.breaker import Admission, Breaker
 from agent_cli_proxy.upstream.capture import UsageCapture
 from agent_cli_proxy.upstream.client import SendHandle, Timeouts, UpstreamError
@@ -124,7 +124,7 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
                             f"request body exceeds {limit} bytes", limit=limit)
     path, query = _target(request)
     # Classified on the decoded path: the one the upstream will route on.
-    call = classify(request.method, request.path, body)
+    call, parsed = classify_parsed(request.method, request.path, body)
     if call is not None and call.ambiguous:
         # The proxy would record one model while the upstream serves another.
         return client_error(style, 400, "ambiguous_body",
@@ -134,11 +134,14 @@ def handle(services: ProxyServices, request: Request) -> WSGIApp:
     if refused is not None:
         return refused
     try:
-        route = build_route(services, request, call, body, path, query)
+        route = build_route(services, request, call, body, path, query, parsed)
     except SelectionError as exc:
         _log.info("proxy.provider_refused", code=exc.code, provider=exc.provider_id[:80],
                   path=path)
         return client_error(style, 400, exc.code, exc.message, provider=exc.provider_id[:80])
+    # A large body's parsed objects must not live as long as the call (a stream may last
+    # minutes): routing was their last reader.
+    del parsed
     key_id = record.id if record is not None else None
     recorder = (_start_recording(services, request, call, path, key_id, route.id)
                 if call is not None else None)

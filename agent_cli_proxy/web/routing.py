@@ -60,11 +60,14 @@ def _usage_filter(content_type: str | None, event_stream: bool) -> Transform | N
 
 
 def build_route(services: ProxyServices, request: Request, call: LLMCall | None, body: bytes,
-           path: str, query: str) -> Route:
+                path: str, query: str, parsed: dict[str, object] | None = None) -> Route:
     """Pick the upstream (providers.custom_routing) and build the request it gets.
-    Raises ``SelectionError`` for a provider named explicitly that cannot serve it."""
+    Raises ``SelectionError`` for a provider named explicitly that cannot serve it.
+    *parsed*: the body as classification parsed it, if it did
+    (:func:`~agent_cli_proxy.providers.routes.classify_parsed`)."""
     settings = services.settings
     provider_set = services.providers.current
+    original = body
     model = call.requested_model if call is not None else None
     if call is None and provider_set.providers:
         model = _body_model(body)
@@ -83,7 +86,8 @@ def build_route(services: ProxyServices, request: Request, call: LLMCall | None,
         url, headers, body = _to_provider(services, request, provider, body, path, query)
     respond: ResponseTransform | None = None
     if call is not None and call.family is Family.OPENAI_CHAT and call.stream:
-        injected = inject_include_usage(body)
+        # The same bytes the classification parsed, unless a provider rule changed them.
+        injected = inject_include_usage(body, parsed if body is original else None)
         if injected is not None:
             body, respond = injected, _usage_filter
     if (provider is not None and provider.transform == "claude-code"
