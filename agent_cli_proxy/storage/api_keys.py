@@ -263,10 +263,11 @@ def verify_key(db: Database, plaintext: str, *, now_s: float | None = None) -> K
     plaintext = plaintext.strip()
     if not plaintext or len(plaintext) > MAX_PRESENTED_CHARS:
         return None
-    row = db.reader().execute(
-        "SELECT id, name, key_prefix, allowed_providers, allowed_accounts, last_used_at"
-        " FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
-        (hash_key(plaintext),)).fetchone()
+    with db.read() as conn:
+        row = conn.execute(
+            "SELECT id, name, key_prefix, allowed_providers, allowed_accounts, last_used_at"
+            " FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+            (hash_key(plaintext),)).fetchone()
     if row is None:
         return None
     key_id: int = row["id"]

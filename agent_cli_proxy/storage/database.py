@@ -1,10 +1,17 @@
 """The SQLite database handle: connections, pragmas, write transactions, shutdown.
 
-A :class:`Database` owns exactly one *writer* connection, guarded by a lock, and one
-*reader* connection per thread. SQLite in WAL mode lets readers run alongside the single
-writer, so the request threads never wait on each other to read; writes are serialised
-here (cheaply, in-process) rather than by SQLite's file lock, which would make threads
-spin in the busy handler.
+A :class:`Database` owns exactly one *writer* connection, guarded by a lock, and read-only
+*reader* connections from a small pool. SQLite in WAL mode lets readers run alongside the
+single writer, so the request threads never wait on each other to read; writes are
+serialised here (cheaply, in-process) rather than by SQLite's file lock, which would make
+threads spin in the busy handler.
+
+Readers are pooled because a connection per thread does not scale with the server's
+threads: waitress wakes its idle workers oldest first, so with a connection per thread
+each of its hundreds of threads ends up holding one (2 descriptors and about 160 KB each).
+``with db.read() as conn`` borrows one for a few statements; :meth:`Database.reader`
+binds one to the calling thread until :meth:`Database.release_reader` (the WSGI app
+releases it when a request ends; background threads keep theirs).
 
 Every write goes through ``with db.write() as conn:``: it takes the lock, opens a
 ``BEGIN IMMEDIATE`` transaction (retrying on "database is locked" when another process
@@ -31,6 +38,10 @@ DEFAULT_BUSY_TIMEOUT_MS = 5000
 # schedule; by then another process has held the write lock for seconds, so back off.
 WRITE_RETRY_DELAYS_S: tuple[float, ...] = (0.05, 0.2, 0.8)
 
+# Idle reader connections kept for reuse; more are opened when more are in use at once, and
+# closed when given back to a full pool. Readers are busy for microseconds per statement.
+MAX_IDLE_READERS = 4
+
 # Primary result codes; sqlite_errorcode may carry an extended code in the high bits.
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
@@ -49,7 +60,7 @@ def is_busy_error(exc: BaseException) -> bool:
 
 
 class Database:
-    """One SQLite file: a locked writer connection and per-thread readers.
+    """One SQLite file: a locked writer connection and pooled readers.
 
     Construct with :meth:`open` (which also migrates) or directly (no migration).
     ``path`` must name a file: readers and the writer are separate connections, so
@@ -65,6 +76,7 @@ class Database:
         self._write_lock = threading.Lock()
         self._readers_lock = threading.Lock()
         self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._idle: list[sqlite3.Connection] = []  # pooled readers nobody holds
         self._local = threading.local()
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +157,8 @@ class Database:
     # -- reads ----------------------------------------------------------------------
 
     def reader(self) -> sqlite3.Connection:
-        """This thread's read-only connection (created on first use).
+        """This thread's read-only connection, until :meth:`release_reader` (taken from
+        the pool on first use).
 
         Connections run in autocommit, so a read transaction lasts one statement; fetch
         results fully (``fetchall``) so no cursor pins an old WAL snapshot.
@@ -154,13 +167,49 @@ class Database:
         if conn is not None and not self._closed:
             return conn
         with self._readers_lock:
-            self._require_open(None)
-            conn = self._connect()
-            conn.execute("PRAGMA query_only=ON")
+            conn = self._checkout()
             self._prune_dead_readers()
             self._readers.append((threading.current_thread(), conn))
         self._local.conn = conn
         return conn
+
+    def release_reader(self) -> None:
+        """Give the calling thread's reader (if it has one) back to the pool. For threads
+        that serve requests: the next request, on whichever thread, reuses it."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._readers_lock:
+            self._readers = [(t, c) for t, c in self._readers if c is not conn]
+            self._checkin(conn)
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A pooled read-only connection for the ``with`` body (fetch results fully)."""
+        with self._readers_lock:
+            conn = self._checkout()
+        try:
+            yield conn
+        finally:
+            with self._readers_lock:
+                self._checkin(conn)
+
+    def _checkout(self) -> sqlite3.Connection:
+        # Under _readers_lock.
+        self._require_open(None)
+        if self._idle:
+            return self._idle.pop()
+        conn = self._connect()
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+
+    def _checkin(self, conn: sqlite3.Connection) -> None:
+        # Under _readers_lock. A connection given back after close() is closed here.
+        if self._closed or len(self._idle) >= MAX_IDLE_READERS:
+            conn.close()
+        else:
+            self._idle.append(conn)
 
     def _prune_dead_readers(self) -> None:
         # Threads come and go (tests, CLI tools); their connections must not pile up.
@@ -173,14 +222,20 @@ class Database:
         self._readers = alive
 
     def reader_count(self) -> int:
-        """How many reader connections are open (for diagnostics and tests)."""
+        """How many reader connections threads hold (for diagnostics and tests)."""
         with self._readers_lock:
             return len(self._readers)
 
+    def idle_reader_count(self) -> int:
+        """How many reader connections wait in the pool (for diagnostics and tests)."""
+        with self._readers_lock:
+            return len(self._idle)
+
     def ping(self) -> bool:
-        """A cheap liveness check for readiness probes: can this thread run a query?"""
+        """A cheap liveness check for readiness probes: can a reader run a query?"""
         try:
-            row = self.reader().execute("SELECT 1").fetchone()
+            with self.read() as conn:
+                row = conn.execute("SELECT 1").fetchone()
         except (sqlite3.Error, DatabaseClosedError):
             return False
         return row is not None and row[0] == 1
@@ -201,6 +256,9 @@ class Database:
                 for _thread, conn in self._readers:
                     conn.close()
                 self._readers.clear()
+                for conn in self._idle:
+                    conn.close()
+                self._idle.clear()
             try:
                 # TRUNCATE leaves a zero-length -wal, so a backup of the .db file alone
                 # is complete and the next start does not replay anything.

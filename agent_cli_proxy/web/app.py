@@ -135,6 +135,10 @@ class ProxyApp:
         except Exception:
             _log.exception("web.unhandled_error", path=request.path, method=request.method)
             response = json_error(500, "internal_error", "internal proxy error")
+        finally:
+            # A reader a handler took for this thread goes back to the pool: held per
+            # thread, every one of the server's hundreds of threads would keep one.
+            self.services.db.release_reader()
         result: Iterable[bytes] = response(environ, start_response)
         return result
 

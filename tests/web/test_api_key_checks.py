@@ -1,0 +1,81 @@
+"""The proxy's key check: on pooled readers (no connection per server thread), and always
+current, also when another process (the ``api-keys`` CLI) changes the keys."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from agent_cli_proxy.config import Settings
+from agent_cli_proxy.storage import api_keys as store
+from agent_cli_proxy.storage import open_database
+from agent_cli_proxy.storage.database import MAX_IDLE_READERS
+from tests.conftest import RunningProxy, start_proxy
+from tests.web.test_api_keys_e2e import GPT, get
+from tests.web.test_relay_formats import post
+
+NOW = "2026-11-21T00:00:00.000Z"
+
+
+@pytest.fixture
+def strict(make_settings: Callable[..., Settings]) -> Iterator[RunningProxy]:
+    running = start_proxy(make_settings(proxy_require_api_key=True, proxy_threads=32))
+    yield running
+    running.stop()
+
+
+def test_key_checks_and_admin_reads_leave_no_reader_on_server_threads(
+        strict: RunningProxy) -> None:
+    _, key = store.create_key(strict.db, "pool", allowed_providers=None,
+                              allowed_accounts=None, now_iso=NOW)
+    failures: list[object] = []
+
+    def client() -> None:
+        for _ in range(6):
+            for headers in ({"Authorization": f"Bearer {key}"}, {"x-api-key": "sk-unknown"}):
+                status = post(strict, *GPT, headers)[0]
+                if status not in (200, 401):
+                    failures.append(status)
+            if get(strict, "/admin/api-keys", {}) != 200 or get(strict, "/ready", {}) != 200:
+                failures.append("admin")
+
+    threads = [threading.Thread(target=client) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert len(strict.final_rows(72)) == 72
+    # Before the pool, each server thread that ever checked a key kept a connection.
+    assert strict.db.reader_count() == 0
+    assert strict.db.idle_reader_count() <= MAX_IDLE_READERS
+
+
+def test_a_key_revoked_by_another_process_is_refused_at_once(strict: RunningProxy) -> None:
+    _, key = store.create_key(strict.db, "cli", allowed_providers=None,
+                              allowed_accounts=None, now_iso=NOW)
+    auth = {"Authorization": f"Bearer {key}"}
+    assert post(strict, *GPT, auth)[0] == 200
+    # What `agent-cli-proxy api-keys revoke` does, from its own process and connection.
+    other = sqlite3.connect(strict.settings.db_path, isolation_level=None)
+    try:
+        other.execute("UPDATE api_keys SET revoked_at = ? WHERE key_hash = ?",
+                      ("2026-11-21T00:00:01.000Z", store.hash_key(key)))
+    finally:
+        other.close()
+    assert post(strict, *GPT, auth)[0] == 401
+    assert len(strict.final_rows(1)) == 1
+
+
+def test_a_key_created_by_another_process_works_at_once(strict: RunningProxy) -> None:
+    assert post(strict, *GPT, {"Authorization": "Bearer acp_" + "0" * 64})[0] == 401
+    cli = open_database(strict.settings.db_path)  # the CLI's own Database
+    try:
+        _, key = store.create_key(cli, "from the CLI", allowed_providers=None,
+                                  allowed_accounts=None, now_iso=NOW)
+    finally:
+        cli.close()
+    assert post(strict, *GPT, {"Authorization": f"Bearer {key}"})[0] == 200
