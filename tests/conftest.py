@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from agent_cli_proxy.clock import SYSTEM_CLOCK, Clock
 from agent_cli_proxy.config import Settings, settings_for_tests
 from agent_cli_proxy.server import make_server, request_stop
 from agent_cli_proxy.storage.database import Database, open_database
@@ -102,12 +103,13 @@ class RunningProxy:
 
 
 def start_proxy(settings: Settings, *, background: bool = False,
-                host: str = "127.0.0.1") -> RunningProxy:
+                host: str = "127.0.0.1", clock: Clock = SYSTEM_CLOCK) -> RunningProxy:
     """The real app on waitress, port 0; *background* also starts the loops (price
     refresh, cost backfill), as ``serve`` does. Without them prices are the built-in
-    table (there is no cache file yet)."""
+    table (there is no cache file yet). *clock*: a hand-moved one makes the recorded
+    times, the loops' backoffs and /ready's cache follow the test."""
     db = open_database(settings.db_path)
-    app = create_app(settings, db, disconnect_poll_s=0.02)
+    app = create_app(settings, db, clock=clock, disconnect_poll_s=0.02)
     if background:
         app.start_background()
     server = make_server(app, settings, host=host, port=0)

@@ -7,7 +7,8 @@ It is a :class:`tests.fake_upstream.FakeUpstream` (same request recording, same
   the canned bodies of ``tests.wire`` (as ``default_response`` does). Each call "selects"
   an account, sets ``X-CPA-TRACE-ID: <YYYYMMDDhhmmss>-<auth_index>-<8 hex>`` (switch
   ``trace_header`` off for CPA < v7.2.84) and appends one usage event whose model,
-  timestamp, latency, source, auth_index, tokens and ``failed`` agree with the answer.
+  timestamp, latency, source, auth_index, tokens and ``failed`` agree with the answer
+  (a failed call, which names no model, is counted under the model it asked for).
 * Management, under ``/v0/management``: the key in ``Authorization: Bearer`` or
   ``X-Management-Key``; 401 ``missing management key`` / ``invalid management key``; 403 IP
   ban after 5 failures for 30 minutes; ``X-CPA-VERSION`` on its answers; ``GET
@@ -362,6 +363,13 @@ class FakeCliProxy(FakeUpstream):
         pieces = script.pieces
         model, usage = _ROUTE_USAGE[rec.path]
         alias = self.response_aliases.get(model, model)
+        failed = script.status >= 400
+        requested = _requested_model(rec.body)
+        if failed and requested:
+            # No answer names a model: CPA counts the one it resolved the request to.
+            alias = requested
+            model = next((m for m, a in self.response_aliases.items() if a == requested),
+                         requested)
         if alias != model:
             needle = f'"model":"{model}"'.encode()
             pieces = [p.replace(needle, f'"model":"{alias}"'.encode()) for p in pieces]
@@ -370,7 +378,6 @@ class FakeCliProxy(FakeUpstream):
             stamp = time.strftime("%Y%m%d%H%M%S",
                                   time.gmtime(int(now + self.offset_minutes * 60)))
             headers.append(("X-CPA-TRACE-ID", f"{stamp}-{account.auth_index}-{request_id}"))
-        failed = script.status >= 400
         tokens, breakdown = cpa_tokens(rec.path, None if failed else usage)
         client_key = (rec.header("Authorization") or "").removeprefix("Bearer ").strip()
         self._append(UsageEvent(
@@ -494,6 +501,15 @@ class FakeCliProxy(FakeUpstream):
             files = [a.file for a in sorted(self.accounts, key=lambda a: a.name.lower())]
         status, payload = quota.answer_api_call(body, files)
         return int(status), payload
+
+
+def _requested_model(body: bytes) -> str | None:
+    try:
+        doc = json.loads(body or b"null")
+    except ValueError:
+        return None
+    model = doc.get("model") if isinstance(doc, dict) else None
+    return model if isinstance(model, str) and model else None
 
 
 class _CpaHandler(_Handler):
