@@ -34,7 +34,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 __all__ = ["CONTENT_TYPE", "DEFAULT_MAX_SERIES", "MAX_LABEL_CHARS", "OTHER", "Counter",
-           "Gauge", "Histogram", "Metric", "Registry", "escape_label_value", "format_value"]
+           "Gauge", "Histogram", "Metric", "Registry", "clean_labels", "escape_label_value",
+           "format_value"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_MAX_SERIES = 500
@@ -63,6 +64,12 @@ def _clean(value: object) -> str:
     if not text.isascii():
         text = text.encode("utf-8", "replace").decode("utf-8")
     return text[:MAX_LABEL_CHARS]
+
+
+def clean_labels(labels: Sequence[object]) -> LabelValues:
+    """Label values made renderable once, for the ``*_clean`` updates: the request path
+    counts one call in several families with the same client-chosen values."""
+    return tuple(_clean(v) for v in labels)
 
 
 def format_value(value: float) -> str:
@@ -123,9 +130,12 @@ class Metric(Generic[S]):
         raise NotImplementedError
 
     def _values(self, labels: Sequence[str]) -> LabelValues:
+        self._check_arity(labels)
+        return tuple(_clean(v) for v in labels)
+
+    def _check_arity(self, labels: Sequence[object]) -> None:
         if len(labels) != len(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {labels!r}")
-        return tuple(_clean(v) for v in labels)
 
     def _series_for(self, values: LabelValues) -> S:
         """The series a sample with *values* goes to, created if new. Hold the lock."""
@@ -187,9 +197,13 @@ class Counter(_Scalar):
     kind = "counter"
 
     def inc(self, labels: Sequence[str] = (), amount: float = 1.0) -> None:
+        self.inc_clean(self._values(labels), amount)
+
+    def inc_clean(self, values: LabelValues, amount: float = 1.0) -> None:
+        """:meth:`inc` with label values from :func:`clean_labels`."""
         if not (amount >= 0 and math.isfinite(amount)):
             raise ValueError(f"{self.name}: a counter only goes up by a finite amount")
-        values = self._values(labels)
+        self._check_arity(values)
         with self._lock:
             self._series_for(values)[0] += amount
 
@@ -214,7 +228,11 @@ class Gauge(_Scalar):
 
     def set_max(self, value: float, labels: Sequence[str] = ()) -> None:
         """Keep the largest value seen (a new series starts at *value*)."""
-        values = self._values(labels)
+        self.set_max_clean(value, self._values(labels))
+
+    def set_max_clean(self, value: float, values: LabelValues) -> None:
+        """:meth:`set_max` with label values from :func:`clean_labels`."""
+        self._check_arity(values)
         with self._lock:
             before = len(self._series)
             series = self._series_for(values)
@@ -255,10 +273,14 @@ class Histogram(Metric[_HistogramSeries]):
         return _HistogramSeries(len(self.buckets))
 
     def observe(self, value: float, labels: Sequence[str] = ()) -> None:
+        self.observe_clean(value, self._values(labels))
+
+    def observe_clean(self, value: float, values: LabelValues) -> None:
+        """:meth:`observe` with label values from :func:`clean_labels`."""
         if not math.isfinite(value):
             raise ValueError(f"{self.name}: cannot observe {value!r}")
+        self._check_arity(values)
         index = bisect.bisect_left(self.buckets, value)  # first bound >= value: le is inclusive
-        values = self._values(labels)
         with self._lock:
             series = self._series_for(values)
             series.counts[index] += 1

@@ -18,6 +18,7 @@ from agent_cli_proxy.metrics import (
     Gauge,
     Metric,
     Registry,
+    clean_labels,
 )
 
 PREFIX = "agent_cli_proxy_"
@@ -137,23 +138,25 @@ class ProxyMetrics:
         the 1-hour cache breakdown) are ignored, being sums or parts of those buckets.
         """
         self.in_flight.dec()
-        who = (_label(provider), _label(model), _label(tool))
-        status_text, state = str(status), _label(lifecycle)
+        # Cleaned once for the eight updates below (the model is the client's choice).
+        provider_, model_, tool_, status_text, state = clean_labels(
+            (_label(provider), _label(model), _label(tool), str(status), _label(lifecycle)))
+        who = (provider_, model_, tool_)
         streamed_text = "true" if streamed else "false"
-        self.requests.inc((*who, status_text, state))
+        self.requests.inc_clean((*who, status_text, state))
         for key, count in (usage_tokens or {}).items():
             kind = key.removesuffix("_tokens")
             if kind in TOKEN_TYPES and isinstance(count, int) and count > 0:
-                self.tokens.inc((*who, kind), count)
-        self.cost.inc(who, _positive(cost_usd))
+                self.tokens.inc_clean((*who, kind), count)
+        self.cost.inc_clean(who, _positive(cost_usd))
         duration = _positive(duration_s)
-        self.duration.observe(duration, (who[0], streamed_text))
-        self.overhead.observe(max(0.0, duration - _positive(upstream_s)))
+        self.duration.observe_clean(duration, (provider_, streamed_text))
+        self.overhead.observe_clean(max(0.0, duration - _positive(upstream_s)), ())
         if ttfb_s is not None:
-            self.ttfb.observe(_positive(ttfb_s), (who[0],))
-        legacy = (who[0], status_text, state, streamed_text)
-        self.legacy_duration.observe(duration * 1000, legacy)
-        self.legacy_duration_max.set_max(duration * 1000, legacy)
+            self.ttfb.observe_clean(_positive(ttfb_s), (provider_,))
+        legacy = (provider_, status_text, state, streamed_text)
+        self.legacy_duration.observe_clean(duration * 1000, legacy)
+        self.legacy_duration_max.set_max_clean(duration * 1000, legacy)
 
     def ready_checked(self, *, status: str, duration_s: float) -> None:
         """One uncached ``/ready`` evaluation: overall status (pass/warn/fail), seconds."""
