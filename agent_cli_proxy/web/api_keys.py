@@ -43,6 +43,7 @@ from agent_cli_proxy.storage import DatabaseClosedError, DatabaseError
 from agent_cli_proxy.storage import api_keys as store
 from agent_cli_proxy.storage.requests import iso_utc
 from agent_cli_proxy.web.errors import json_error, json_response
+from agent_cli_proxy.web.header_view import HeaderView
 from agent_cli_proxy.web.services import ProxyServices
 
 _log = get_logger("web")
@@ -59,6 +60,7 @@ UNSUPPORTED_MEDIA_MESSAGE: Final = "request body must be sent as Content-Type: a
 _MAX_QUOTED: Final = 5  # offending values quoted in one error message
 _MAX_QUOTED_CHARS: Final = 40
 _CREATE_FIELDS: Final = frozenset({"name", "allowed_providers", "allowed_accounts"})
+_PRESENTED: Final = "agent_cli_proxy.presented_keys"  # environ key of presented_keys()
 _UPDATE_FIELDS: Final = _CREATE_FIELDS | {"rotate"}
 
 
@@ -268,14 +270,20 @@ def presented_keys(request: Request) -> list[str]:
     ``Authorization: Bearer``, ``x-api-key`` (Anthropic SDKs), ``x-goog-api-key`` and the
     ``key`` query parameter (Gemini clients). The proxy replaces every one of them with
     the upstream key before forwarding, so a managed key never leaves the proxy."""
+    cached: list[str] | None = request.environ.get(_PRESENTED)
+    if cached is not None:  # asked again for the same request (recording, routing)
+        return list(cached)
+    headers = HeaderView(request.environ)
     found: list[str] = []
-    auth = request.headers.get("Authorization", "")
+    auth = headers.get("Authorization") or ""
     if auth[:7].lower() == "bearer ":
         found.append(auth[7:].strip())
     for header in ("x-api-key", "x-goog-api-key"):
-        found.append(request.headers.get(header, "").strip())
+        found.append((headers.get(header) or "").strip())
     found.append(request.args.get("key", "").strip())
-    return [k for k in dict.fromkeys(found) if k]
+    keys = [k for k in dict.fromkeys(found) if k]
+    request.environ[_PRESENTED] = keys
+    return list(keys)
 
 
 def authenticate_key(services: ProxyServices, request: Request

@@ -29,6 +29,7 @@ from agent_cli_proxy.usage.identify import identify
 from agent_cli_proxy.web import api_keys
 from agent_cli_proxy.web.addresses import client_address
 from agent_cli_proxy.web.errors import client_error
+from agent_cli_proxy.web.header_view import HeaderView
 from agent_cli_proxy.web.recorder import CallRecorder
 from agent_cli_proxy.web.routing import UPSTREAM_ID, Route, build_route
 from agent_cli_proxy.web.services import ProxyServices
@@ -325,7 +326,7 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
 def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
                      path: str, key_id: int | None, upstream_id: str) -> CallRecorder:
     """Identify the caller and write the pending row (before the upstream is asked)."""
-    headers = request.headers
+    headers = HeaderView(request.environ)  # identification asks for dozens of headers
     # Only CLIProxyAPI's trace header names one of its accounts; a custom provider's
     # answer is never attributed to one.
     recorder = CallRecorder(services.db, services.clock, lambda: services.pricing.table,
@@ -334,8 +335,8 @@ def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
     keys = api_keys.presented_keys(request)
     identity = identify(headers, api_key=keys[0] if keys else None,
                         client_name_mapping=services.settings.client_name_mapping)
-    msg_id = next((headers[h] for h in ("x-msg-id", "x-message-id", "x-request-id")
-                   if headers.get(h)), None)
+    msg_id = next((value for h in ("x-msg-id", "x-message-id", "x-request-id")
+                   if (value := headers.get(h))), None)
     recorder.start(identity, method=request.method, user_agent=headers.get("User-Agent"),
                    source_ip=client_address(request, services.settings.trust_proxy_headers) or None,
                    msg_id=msg_id, originator=headers.get("originator"), api_key_id=key_id,
