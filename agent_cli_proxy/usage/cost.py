@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
+import functools
 import math
 from dataclasses import dataclass
 from decimal import Decimal
@@ -82,7 +83,14 @@ def _usd(value: Decimal) -> float:
 
 
 def _rates_json(rates: Rates) -> dict[str, object]:
-    return {field.name: getattr(rates, field.name) for field in dataclasses.fields(rates)}
+    return dict(_rates_items(rates))  # a fresh dict: the detail is the caller's
+
+
+# Rates are frozen values and a price table has a few thousand of them at most: what is
+# derived from one is computed once, not on every priced call.
+@functools.lru_cache(maxsize=1024)
+def _rates_items(rates: Rates) -> tuple[tuple[str, object], ...]:
+    return tuple((field.name, getattr(rates, field.name)) for field in dataclasses.fields(rates))
 
 
 def _tier_for(tiers: tuple[Tier, ...], input_tokens: int) -> Tier | None:
@@ -108,8 +116,10 @@ def _effective(base: Rates, tier: Tier | None) -> Rates:
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def _bucket_rates(rates: Rates, anthropic: bool) -> dict[str, tuple[Decimal, str]]:
-    """Per bucket: (USD per 1M tokens, which price it came from)."""
+    """Per bucket: (USD per 1M tokens, which price it came from). Cached: never change
+    the dict returned."""
     input_ = _dec(rates.input)
 
     def listed(value: float | None, name: str, fallback: tuple[Decimal, str]
@@ -181,6 +191,42 @@ def _priced(match: PriceMatch, usage: Usage, detail: dict[str, object]) -> CostR
     return CostResult(cost, "ok", match.rule, entry.key, detail)
 
 
+class _Matches:
+    """Price lookups of one (immutable) price table, remembered: a name is matched through
+    a chain of rewrites, the same few names come back on every call, and the answer only
+    changes with the table."""
+
+    __slots__ = ("found", "table")
+    LIMIT = 1024  # distinct (model, provider) pairs kept; then it starts over
+
+    def __init__(self, table: PriceTable) -> None:
+        self.table = table
+        self.found: dict[tuple[str | None, str | None], PriceMatch | None] = {}
+
+
+_matches: _Matches | None = None
+
+
+def _match(table: PriceTable, model: str | None, api_provider: str | None
+           ) -> PriceMatch | None:
+    global _matches
+    memo = _matches
+    if memo is None or memo.table is not table:
+        # A new table (a price refresh): one swap of the module global, so a thread never
+        # sees one table's answers under another.
+        memo = _matches = _Matches(table)
+    key = (model, api_provider)
+    try:
+        return memo.found[key]
+    except KeyError:
+        pass
+    match = table.match(model, api_provider)
+    if len(memo.found) >= _Matches.LIMIT:
+        memo.found.clear()
+    memo.found[key] = match
+    return match
+
+
 def compute_cost(table: PriceTable, model: str | None, api_provider: str | None,
                  usage: Usage) -> CostResult:
     """Price one call. Never raises on odd input; unpriced calls cost 0 with a status."""
@@ -199,7 +245,7 @@ def compute_cost(table: PriceTable, model: str | None, api_provider: str | None,
                       model_length=len(model.strip()), rule="name-too-long",
                       reason=f"model name longer than {MAX_MODEL_NAME_LENGTH} characters")
         return CostResult(0.0, "unsupported", None, None, detail)
-    match = table.match(model, api_provider)
+    match = _match(table, model, api_provider)
     if match is None:
         # Pending, not 0-and-ok: the backfill retries when the price table learns the model.
         detail.update(lookup=normalise(model), reason="no price for model")

@@ -347,3 +347,22 @@ def test_monotonic_in_each_bucket(table: PriceTable, model: str, usage: Usage, b
     before = compute_cost(table, model, "openai", usage).cost_usd
     after = compute_cost(table, model, "openai", more).cost_usd
     assert after >= before
+
+
+def test_a_new_price_table_is_used_at_once() -> None:
+    # Lookups are remembered per table: the refreshed table must answer, not the old one.
+    usage = _usage(prompt=1_000_000)
+    old = PriceTable.builtin()
+    before = compute_cost(old, "claude-sonnet-4-5", "anthropic", usage)
+    assert compute_cost(old, "claude-sonnet-4-5", "anthropic", usage) == before
+    cheaper = old.with_local({"claude-sonnet-4-5": {"input": 0.5, "output": 1.0}}, {})
+    after = compute_cost(cheaper, "claude-sonnet-4-5", "anthropic", usage)
+    assert before.cost_usd == 3.0 and after.cost_usd == 0.5 and after.rule == "override"
+    assert compute_cost(old, "claude-sonnet-4-5", "anthropic", usage) == before
+
+
+def test_the_detail_is_each_call_s_own(table: PriceTable) -> None:
+    first = compute_cost(table, "claude-sonnet-4-5-20250929", "anthropic", _usage(prompt=10))
+    first.detail["rates"]["input"] = -1  # type: ignore[index]
+    second = compute_cost(table, "claude-sonnet-4-5-20250929", "anthropic", _usage(prompt=10))
+    assert second.detail["rates"]["input"] == 3.0  # type: ignore[index]
