@@ -110,13 +110,33 @@ def attribute(db: Database, row_id: int, ref: AccountRef, *, now_iso: str) -> bo
     return changed == 1
 
 
-def unresolved_traces(db: Database, since_iso: str, limit: int) -> list[tuple[int, str]]:
-    """Finalized rows since *since_iso* whose trace named an auth_index that had no
-    account yet: ``[(row id, auth_index)]``, oldest first."""
+_UNRESOLVED = (f"{_FINAL} AND cliproxy_account IS NULL AND cliproxy_auth_index IS NOT NULL "
+               "AND started_at >= ?")
+
+
+def unresolved_trace_indexes(db: Database, since_iso: str) -> set[str]:
+    """The auth_index values that traced rows since *since_iso* name but that have no
+    account yet (a small set: one per CPA credential)."""
     rows = db.reader().execute(
-        f"SELECT id, cliproxy_auth_index FROM request_logs WHERE {_FINAL} "
-        "AND cliproxy_account IS NULL AND cliproxy_auth_index IS NOT NULL "
-        "AND started_at >= ? ORDER BY id LIMIT ?", (since_iso, limit)).fetchall()
+        f"SELECT DISTINCT cliproxy_auth_index FROM request_logs WHERE {_UNRESOLVED}",
+        (since_iso,)).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def unresolved_traces(db: Database, since_iso: str, limit: int, indexes: Iterable[str]
+                      ) -> list[tuple[int, str]]:
+    """Finalized rows since *since_iso* whose trace named one of *indexes* and that have no
+    account yet: ``[(row id, auth_index)]``, oldest first. Asking only for indexes that
+    can be resolved keeps rows of a credential CPA no longer lists from filling every
+    batch and starving the others."""
+    wanted = sorted(set(indexes))
+    if not wanted:
+        return []
+    marks = ",".join("?" * len(wanted))
+    rows = db.reader().execute(
+        f"SELECT id, cliproxy_auth_index FROM request_logs WHERE {_UNRESOLVED} "
+        f"AND cliproxy_auth_index IN ({marks}) ORDER BY id LIMIT ?",
+        (since_iso, *wanted, limit)).fetchall()
     return [(int(r[0]), str(r[1])) for r in rows]
 
 

@@ -185,10 +185,11 @@ class AccountAttribution:
         return True
 
     def _resolve_traces(self, now: float) -> int:
-        rows = repo.unresolved_traces(self._db, iso_utc(now - TRACE_LOOKBACK_S), MAX_ROWS)
-        if not rows:
+        since = iso_utc(now - TRACE_LOOKBACK_S)
+        indexes = repo.unresolved_trace_indexes(self._db, since)
+        if not indexes:
             return 0
-        unknown = {index for _, index in rows if index not in self._map}
+        unknown = {index for index in indexes if index not in self._map}
         if unknown - self._refreshed_for:
             # Refreshed once per index it misses: an index CPA does not list (a deleted
             # file) must not cost one /auth-files call per tick.
@@ -196,6 +197,8 @@ class AccountAttribution:
                 self._refreshed_for.clear()
             self._refreshed_for |= unknown
             self._refresh()
+        rows = repo.unresolved_traces(self._db, since, MAX_ROWS,
+                                      [i for i in indexes if i in self._map])
         resolved = 0
         now_iso = iso_utc(now)
         for row_id, index in rows:

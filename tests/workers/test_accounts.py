@@ -34,6 +34,7 @@ from agent_cli_proxy.usage.cost import compute_cost
 from agent_cli_proxy.usage.identify import Identity
 from agent_cli_proxy.usage.pricing import PriceTable
 from agent_cli_proxy.web.recorder import CallRecorder
+from agent_cli_proxy.workers import accounts as accounts_worker
 from agent_cli_proxy.workers.accounts import LOOP_NAME, AccountAttribution
 from agent_cli_proxy.workers.backfill import CostBackfill
 from agent_cli_proxy.workers.supervisor import Supervisor
@@ -237,6 +238,24 @@ def test_a_map_miss_refreshes_auth_files_once(make_env: Any) -> None:
         env.tick()
     assert len(env.cpa.management_requests("/auth-files")) == 3
     assert env.row(lost)["cliproxy_account"] is None
+    assert_consistent(env.db)
+
+
+def test_rows_of_a_vanished_account_never_starve_the_others(
+        make_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accounts_worker, "MAX_ROWS", 2)  # a batch smaller than the ghosts
+    env = make_env("v7")
+    env.attribution.run_once()
+    ghost = env.cpa.add_account("ghost@example.com", "claude")
+    env.cpa.pinned = ghost.auth_index
+    lost = [env.call("/v1/messages", MESSAGES) for _ in range(3)]
+    env.cpa.accounts.remove(ghost)
+    dave = env.cpa.add_account("dave@example.com", "claude")
+    env.cpa.pinned = dave.auth_index
+    found = env.call("/v1/messages", MESSAGES)
+    env.tick()
+    assert env.row(found)["cliproxy_account"] == "dave@example.com"
+    assert [env.row(r)["cliproxy_account"] for r in lost] == [None] * 3
     assert_consistent(env.db)
 
 
