@@ -37,6 +37,24 @@ _UPSERT = ("INSERT INTO daily_usage ({cols}) {select} "
            "ON CONFLICT(day, provider, model) DO UPDATE SET {set}")
 
 
+_ADD_ONE = _UPSERT.format(
+    cols=_COLUMNS, select="VALUES (?, ?, ?, 1, " + ", ".join("?" * len(_SUMS)) + ", ?)",
+    set=_ADD)
+
+DAY = "substr(started_at, 1, 10)"
+"""The day a request_logs row counts on (SQL): what :func:`add_one` expects as ``day``."""
+
+
+def add_one(conn: sqlite3.Connection, day: str, provider: str, model: str,
+            sums: tuple[int | None, ...], cost_usd: float | None) -> None:
+    """Add one request_logs row, given its stored values, to daily_usage: what
+    :func:`add_rows` adds for it, without reading it back. *sums*: the row's
+    ``prompt_tokens, completion_tokens, cache_creation_tokens, cache_read_tokens,
+    total_tokens``; ``day`` = :data:`DAY` of the row. NULL counts 0, as in add_rows."""
+    conn.execute(_ADD_ONE, (day, provider, model, *(v or 0 for v in sums),
+                            0.0 if cost_usd is None else cost_usd))
+
+
 def add_rows(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> None:
     """Add the request_logs rows matching *where* to daily_usage (one request each).
 
@@ -45,7 +63,6 @@ def add_rows(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> N
     """
     select = _AGGREGATE.format(where=where)
     conn.execute(_UPSERT.format(cols=_COLUMNS, select=select, set=_ADD), params)
-
 
 
 def _mismatches(conn: sqlite3.Connection) -> list[dict[str, Any]]:

@@ -181,7 +181,12 @@ UPDATE request_logs SET
   upstream_status = COALESCE(:upstream_status, upstream_status),
   upstream_latency_ms = COALESCE(:upstream_latency_ms, upstream_latency_ms)
 WHERE id = :id AND lifecycle_status = 'pending'
+RETURNING """ + daily_usage.DAY + """, provider, model, prompt_tokens, completion_tokens,
+  cache_creation_tokens, cache_read_tokens, total_tokens, cost_usd
 """
+_AUDIT_SQL = (
+    "INSERT INTO cost_audit (request_log_id, model, provider, source, base_cost_usd, calc_at,"
+    " rule, price_key, detail_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def finalize(db: Database, row_id: int, fin: Finalization) -> bool:
@@ -216,20 +221,20 @@ def finalize(db: Database, row_id: int, fin: Finalization) -> bool:
         "upstream_latency_ms": fin.upstream_latency_ms,
     }
     with db.write() as conn:
-        if conn.execute(_FINALIZE_SQL, params).rowcount == 0:
+        # RETURNING hands back what was stored (the model may be the pending row's), so
+        # daily_usage adds and the audit records exactly the row's values without reading
+        # the row again.
+        stored = conn.execute(_FINALIZE_SQL, params).fetchall()
+        if not stored:
             return False
-        # Read back what was stored so daily_usage adds exactly the row's values.
-        daily_usage.add_rows(conn, "id = ?", (row_id,))
+        (day, provider, model, *sums, cost_usd), = stored
+        daily_usage.add_one(conn, day, provider, model, tuple(sums), cost_usd)
         # Finalize always moves cost_status away from 'unresolved', so per spec §6.6 it
         # always writes an audit row.
-        conn.execute(
-            "INSERT INTO cost_audit (request_log_id, model, provider, source, base_cost_usd,"
-            " calc_at, rule, price_key, detail_json) SELECT id, model, provider, ?,"
-            " cost_usd, ?, ?, ?, ? FROM request_logs WHERE id = ?",
-            (fin.cost_source or audit_source(fin.cost_status),
-             _sqlite_timestamp(fin.finished_at), fin.cost_rule, fin.cost_price_key,
-             fin.cost_detail_json, row_id),
-        )
+        conn.execute(_AUDIT_SQL, (
+            row_id, model, provider, fin.cost_source or audit_source(fin.cost_status), cost_usd,
+            _sqlite_timestamp(fin.finished_at), fin.cost_rule, fin.cost_price_key,
+            fin.cost_detail_json))
     return True
 
 

@@ -224,3 +224,20 @@ def test_concurrent_writers(db: Database, make_pending: MakePending) -> None:
     assert tuple(total) == (threads * per_thread, threads * sum(range(per_thread)))
     assert db.reader().execute("SELECT COUNT(*) FROM cost_audit").fetchone()[0] == 400
     assert daily_usage_mismatches(db) == []
+
+
+def test_finalize_counts_the_day_the_call_started(db: Database,
+                                                  make_pending: MakePending) -> None:
+    # daily_usage and the audit come from the values the UPDATE stored (RETURNING),
+    # not from the finalization: the day is the row's started_at, the model the stored one.
+    row_id = insert_pending(db, make_pending(started_at="2026-11-20T23:59:59.999Z"))
+    assert finalize(db, row_id, fin(model=None, actual_model=None,
+                                    finished_at="2026-11-21T00:00:01.000Z"))
+    assert [(r["day"], r["model"], r["request_count"], r["cost_usd"])
+            for r in get_daily_usage(db, "2026-11-20")] == [("2026-11-20", "gpt-4o", 1,
+                                                              7.25e-05)]
+    assert get_daily_usage(db, "2026-11-21") == []
+    (audit,) = audit_rows(db, row_id)
+    assert (audit["model"], audit["base_cost_usd"], audit["calc_at"]) == (
+        "gpt-4o", 7.25e-05, "2026-11-21 00:00:01")
+    assert daily_usage_mismatches(db) == []
