@@ -111,6 +111,7 @@ class ManagementClient:
         self._blocked_until: float | None = None  # monotonic; no request before it
         self._probing = False  # a request is testing the key after a backoff
         self._missing: dict[str, float] = {}  # route -> monotonic time to try it again
+        self._oversized: dict[str, float] = {}  # route -> when to fetch a too-large answer again
 
     # -- public calls ----------------------------------------------------------------------
 
@@ -198,7 +199,7 @@ class ManagementClient:
             try:
                 raw = _read_bounded(response)
             except _TooLarge as exc:
-                raise self._bad(route, str(exc)) from exc
+                raise self._too_large(route, str(exc)) from exc
             except UpstreamError as exc:
                 raise self._failed(route, exc, relayed, wait) from exc
             version = response.headers.get(VERSION_HEADER)
@@ -223,6 +224,12 @@ class ManagementClient:
                 raise ManagementUnavailable(
                     reason, f"{self._last_error} (next attempt in {round(wait)} s)",
                     retry_after_s=wait)
+            until = self._oversized.get(route)
+            if until is not None and now < until:
+                raise ManagementUnavailable(
+                    "bad_response", f"{route} answered more than {MAX_BODY_BYTES} bytes "
+                    f"(next attempt in {round(until - now)} s)",
+                    retry_after_s=until - now, endpoint_only=True)
             until = self._missing.get(route)
             if until is not None and now < until:
                 raise ManagementUnavailable(
@@ -328,6 +335,17 @@ class ManagementClient:
             message = f"CLIProxyAPI management API unreachable: {reason}"
             self._enter("unreachable", message, now + wait, route=route, status=None)
         return ManagementUnavailable("unreachable", message, retry_after_s=wait)
+
+    def _too_large(self, route: str, detail: str) -> ManagementUnavailable:
+        """An answer over the size cap (a v6 /usage grows until CPA restarts): fetching it
+        again every tick would pull it and throw it away each time, so the route rests
+        like a missing one."""
+        with self._lock:
+            self._oversized[route] = self._clock.monotonic() + DISABLED_RECHECK_S
+        error = self._bad(route, detail)
+        error.retry_after_s = DISABLED_RECHECK_S
+        error.endpoint_only = True
+        return error
 
     def _bad(self, route: str, detail: str) -> ManagementUnavailable:
         message = f"unexpected answer from {route}: {detail}"

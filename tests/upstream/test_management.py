@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agent_cli_proxy.upstream import management
 from agent_cli_proxy.upstream.client import UpstreamClient
 from agent_cli_proxy.upstream.cpa_headers import parse_trace_id, parse_version
 from agent_cli_proxy.upstream.management import (
@@ -175,6 +176,25 @@ def test_banned_ip_waits_for_the_ban_to_end(cpa: FakeCliProxy, pool: UpstreamCli
     clock.advance(60 + 10)
     assert client.usage()["usage"]["total_requests"] == 0
     assert client.status()["state"] == "ok"
+
+
+def test_an_answer_over_the_size_cap_rests_its_route(
+        cpa: FakeCliProxy, pool: UpstreamClient, clock: HandClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(management, "MAX_BODY_BYTES", 2_000)  # stands for 64 MiB
+    for _ in range(20):
+        cpa.add_usage("claude-sonnet-4-5-20250929", cpa.accounts[0])
+    client = client_for(cpa, pool, clock)
+    first = unavailable(client.usage)
+    assert (first.reason, first.endpoint_only) == ("bad_response", True)
+    for _ in range(20):  # ten minutes of a 30-second loop: not downloaded again
+        clock.advance(29)
+        assert unavailable(client.usage).reason == "bad_response"
+    assert len(cpa.management_requests("/usage")) == 1
+    assert len(client.auth_files()) == 2  # the rest of the API is still used
+    clock.advance(30)
+    unavailable(client.usage)
+    assert len(cpa.management_requests("/usage")) == 2
 
 
 def test_disabled_management_is_remembered_and_rechecked_rarely(
