@@ -11,6 +11,7 @@ by the caller, which knows whether the upstream could have started the work alre
 from __future__ import annotations
 
 import contextlib
+import http.client
 import socket
 import threading
 import time
@@ -30,6 +31,7 @@ from urllib3.exceptions import (
 
 from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
+from agent_cli_proxy.upstream.response_headers import FastHeadersResponse
 
 ErrorKind = Literal["connect", "timeout", "protocol"]
 _log = get_logger("upstream")
@@ -174,6 +176,8 @@ class _Tracked:
     _wrote = False
     _hold_head = False
     _held: bytes | None = None
+    # http.client's response, reading a plain header block without the email parser.
+    response_class: type[http.client.HTTPResponse] = FastHeadersResponse
 
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]
