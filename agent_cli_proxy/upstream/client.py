@@ -11,6 +11,7 @@ by the caller, which knows whether the upstream could have started the work alre
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import socket
 import threading
@@ -28,6 +29,7 @@ from urllib3.exceptions import (
     ProtocolError,
     ReadTimeoutError,
 )
+from urllib3.util import parse_url
 
 from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
@@ -252,6 +254,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 
 
+@functools.lru_cache(maxsize=32)
 def retry_policy(retries: int) -> urllib3.Retry | bool:
     """What may be tried again, *retries* times at most (UPSTREAM_MAX_RETRIES).
 
@@ -262,6 +265,9 @@ def retry_policy(retries: int) -> urllib3.Retry | bool:
     retried, and only on a gateway's 502, 503 or 504. Nothing is retried after the
     response headers, so never once a byte went to the client. Backoff 0.2 s, 0.4 s,
     0.8 s … (at most 5 s) with jitter.
+
+    One object per value (urllib3 never changes a Retry: each attempt makes a new one),
+    not a new one per call.
     """
     if retries <= 0:
         return False
@@ -305,6 +311,21 @@ def _discard(response: urllib3.BaseHTTPResponse) -> None:
         response.release_conn()
     except (HTTPError, OSError):
         response.close()
+
+
+@functools.lru_cache(maxsize=256)
+def _target(url: str) -> tuple[str | None, str | None, int | None, str]:
+    """(scheme, host, port, request URI) of *url*, as PoolManager finds them (parse_url,
+    which also percent-encodes what must be): upstream URLs are a few, sent again and
+    again."""
+    parsed = parse_url(url)
+    return parsed.scheme, parsed.host, parsed.port, parsed.request_uri
+
+
+@functools.lru_cache(maxsize=16)
+def _timeout(timeouts: Timeouts) -> urllib3.Timeout:
+    # Shared: a pool clones the Timeout it is given for each request.
+    return urllib3.Timeout(connect=timeouts.connect, read=timeouts.read)
 
 
 class UpstreamClient:
@@ -368,16 +389,21 @@ class UpstreamClient:
                    body: bytes | None, timeouts: Timeouts, retries: int
                    ) -> urllib3.BaseHTTPResponse:
         try:
-            return self._pool.request(
-                method,
-                url,
+            # What PoolManager.request() does for a URL without fields or redirects, minus
+            # parsing the same few URLs again on every call.
+            scheme, host, port, request_uri = _target(url)
+            pool = self._pool.connection_from_host(host, port=port, scheme=scheme)
+            return pool.urlopen(
+                method.upper(),
+                request_uri,
                 body=body,
                 headers=headers,
                 preload_content=False,
                 decode_content=False,
                 redirect=False,
+                assert_same_host=False,
                 retries=retry_policy(retries),
-                timeout=urllib3.Timeout(connect=timeouts.connect, read=timeouts.read),
+                timeout=_timeout(timeouts),
             )
         except (HTTPError, OSError) as exc:
             raise classify_error(exc) from exc
