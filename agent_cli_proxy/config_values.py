@@ -7,6 +7,7 @@ carries several, for JSON documents with many bad entries). Pure: no environment
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import math
@@ -134,6 +135,7 @@ def http_url(raw: str) -> str | None:
     return normalize_http_url(raw) if raw.strip() else None
 
 
+@functools.lru_cache(maxsize=256)  # asked per request, of the same configured host
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and every loopback address (127.0.0.0/8, ``::1``, ``[::1]``)."""
     name = host.strip().lower()

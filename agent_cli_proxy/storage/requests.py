@@ -49,9 +49,18 @@ def iso_utc(epoch_seconds: float) -> str:
     return _iso_ms(round(epoch_seconds * 1000))
 
 
+_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+
 def _iso_ms(epoch_ms: int) -> str:
+    global _second
     seconds, millis = divmod(int(epoch_ms), 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    last = _second
+    if last[0] != seconds:
+        # Every call in the same second shares the strftime (several per proxied call);
+        # one tuple is swapped in, so threads never see a second with another's text.
+        last = _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{last[1]}.{millis:03d}Z"
 
 
 def _sqlite_timestamp(iso: str) -> str:

@@ -219,7 +219,6 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
                     client_gone: Callable[[], bool] | None, breaker: Breaker,
                     admission: Admission, style: str) -> WSGIApp:
     settings = services.settings
-    shown_url = display_url(route.base_url)
     pending = SendHandle()
     if client_gone is not None:
         services.watcher.watch(client_gone, pending)
@@ -236,7 +235,7 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
             return _abandoned(recorder, pending.abort_reason, style)
         _judge(breaker, admission, exc, streaming)
         return _upstream_failed(_named_limit(exc, settings, streaming), recorder, call,
-                                shown_url, style)
+                                route.base_url, style)
     finally:
         services.watcher.unwatch(pending)
     if pending.abort_reason is not None:  # headers came back just as the abort did
@@ -263,7 +262,8 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
         too_large = UpstreamError(
             "protocol", f"upstream answer of {length} bytes is larger than {limit} "
             "(MAX_RESPONSE_BODY_BYTES)", code="response_too_large")
-        return _upstream_failed(too_large, recorder, call, shown_url, style, upstream.status)
+        return _upstream_failed(too_large, recorder, call, route.base_url, style,
+                                upstream.status)
     # A non-streaming call must be complete within UPSTREAM_TIMEOUT_MS, not merely never
     # silent that long; a stream only must not go silent (its read timeout).
     deadline = None if streaming else (
@@ -314,7 +314,8 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
                                                    body_changed=transform is not None)
     except UpstreamError as exc:
         # Nothing reached the client yet: answer with a clean error, not a cut stream.
-        response = _upstream_failed(exc, recorder, call, shown_url, style, upstream.status)
+        response = _upstream_failed(exc, recorder, call, route.base_url, style,
+                                    upstream.status)
         relay.close()
         return response
     except BaseException:
@@ -350,10 +351,12 @@ def _error_response(exc: UpstreamError, style: str) -> Response:
 
 
 def _upstream_failed(exc: UpstreamError, recorder: CallRecorder | None,
-                     call: LLMCall | None, upstream: str, style: str,
+                     call: LLMCall | None, upstream_url: str, style: str,
                      upstream_status: int | None = None) -> Response:
+    # The URL is shown without credentials; worked out here, on failures only.
     _log.warning("passthrough.upstream_error", kind=exc.kind, error=exc.message,
-                 upstream=upstream, model=call.requested_model if call else None,
+                 upstream=display_url(upstream_url),
+                 model=call.requested_model if call else None,
                  request_id=recorder.request_id if recorder else None)
     if recorder is not None:
         recorder.fail(_ERROR_STATUS[exc.kind], exc.code or _ERROR_CODE[exc.kind],

@@ -40,6 +40,8 @@ from agent_cli_proxy.usage.pricing import PriceTable
 
 _log = get_logger("lifecycle")
 ERROR_SAMPLE_CHARS = 300
+# json.dumps with any option builds a new encoder per call; one, built once, writes the same.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 class TraceSink(Protocol):
@@ -92,7 +94,7 @@ class CallRecorder:
             streamed=self.call.stream,
             started_at=iso_utc(self._clock.time()),
             request_id=self.request_id,
-            meta_json=json.dumps(meta, separators=(",", ":")),
+            meta_json=_COMPACT_JSON.encode(meta),
             user_agent=user_agent,
             source_ip=source_ip,
             agent=identity.agent,
@@ -228,7 +230,7 @@ class CallRecorder:
             cost_status=cost.status,
             cost_rule=cost.rule,
             cost_price_key=cost.price_key,
-            cost_detail_json=json.dumps(cost.detail, separators=(",", ":"), default=str),
+            cost_detail_json=_COMPACT_JSON.encode(cost.detail),
         )
         try:
             updated = finalize(self._db, self.row_id, fin)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import calendar
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent_cli_proxy.storage import (
     Database,
@@ -241,3 +244,13 @@ def test_finalize_counts_the_day_the_call_started(db: Database,
     assert (audit["model"], audit["base_cost_usd"], audit["calc_at"]) == (
         "gpt-4o", 7.25e-05, "2026-11-21 00:00:01")
     assert daily_usage_mismatches(db) == []
+
+
+@given(st.lists(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False),
+                max_size=20))
+def test_iso_utc_matches_strftime_whatever_the_order(times: list[float]) -> None:
+    # iso_utc reuses the text of the last second it formatted.
+    for t in [*times, *times[::-1]]:
+        ms = round(t * 1000)
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000))
+        assert iso_utc(t) == f"{expected}.{ms % 1000:03d}Z"
