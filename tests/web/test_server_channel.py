@@ -141,3 +141,54 @@ def test_the_main_loop_leaves_sending_to_the_worker(
     finally:
         conn.close()
     assert write_rounds[0] <= 5
+
+
+@pytest.fixture
+def channel_writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    """Every piece the proxy's channels hand to waitress to send."""
+    writes: list[bytes] = []
+    original = server_channel.ProxyChannel._write_soon
+
+    def recording(self: Any, data: Any) -> int:
+        writes.append(bytes(data))
+        return original(self, data)
+
+    monkeypatch.setattr(server_channel.ProxyChannel, "_write_soon", recording)
+    yield writes
+
+
+def test_an_answer_s_head_and_body_go_out_together(
+        proxy: RunningProxy, channel_writes: list[bytes]) -> None:
+    conn = connect(proxy)
+    try:
+        resp, body = post(conn, PLAIN)
+    finally:
+        conn.close()
+    assert resp.status == 200
+    (write,) = channel_writes
+    assert write.startswith(b"HTTP/1.1 200 OK\r\n") and write.endswith(b"\r\n\r\n" + body)
+
+
+@pytest.mark.parametrize("method, script", [
+    ("HEAD", Script(pieces=[b'{"data":[]}'], framing="length")),
+    ("POST", Script(status=204, pieces=[], framing="length")),
+    ("POST", Script(pieces=[], framing="chunked")),
+])
+def test_answers_without_a_body_still_get_their_head(
+        proxy: RunningProxy, upstream: FakeUpstream, method: str, script: Script) -> None:
+    upstream.script(script)
+    conn = connect(proxy)
+    try:
+        conn.request(method, "/v1/models", body=b"{}" if method == "POST" else None)
+        resp = conn.getresponse()
+        assert resp.read() == b""
+        assert resp.status == script.status
+        # The connection is still good for the next call (waitress 2.1 closes it, without
+        # saying so, after a HEAD whose Content-Length it did not write).
+        if method == "HEAD":
+            conn.close()
+        conn.request("GET", "/v1/models")
+        again = conn.getresponse()
+        assert again.status == 200 and again.read()
+    finally:
+        conn.close()
