@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from agent_cli_proxy import config
 from agent_cli_proxy.cli.main import cli
@@ -21,12 +22,32 @@ from agent_cli_proxy.cli.main import cli
 _LOGGERS = ("agent_cli_proxy", "waitress")
 
 
-def invoke(args: Sequence[str], input: str | None = None) -> Result:
+@dataclass(frozen=True)
+class Outcome:
+    """What a command did: its exit code, stdout, stderr, and ``output`` (both, as the
+    terminal shows them)."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    output: str
+
+
+def invoke(args: Sequence[str], input: str | None = None) -> Outcome:
     saved = [(logging.getLogger(n), logging.getLogger(n).handlers[:],
               logging.getLogger(n).level, logging.getLogger(n).propagate) for n in _LOGGERS]
     try:
-        return CliRunner().invoke(cli, list(args), input=input, prog_name="agent-cli-proxy",
-                                  catch_exceptions=False)
+        try:
+            # click 8.1 (the floor) mixes stderr into stdout unless told not to; click 8.2+
+            # always keeps them apart and no longer takes the option.
+            runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg, unused-ignore]
+        except TypeError:
+            runner = CliRunner()
+        result = runner.invoke(cli, list(args), input=input, prog_name="agent-cli-proxy",
+                               catch_exceptions=False)
+        both = result.output if result.output != result.stdout else (
+            result.stdout + result.stderr)
+        return Outcome(result.exit_code, result.stdout, result.stderr, both)
     finally:
         for logger, handlers, level, propagate in saved:
             logger.handlers[:] = handlers
