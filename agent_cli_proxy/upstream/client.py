@@ -409,8 +409,11 @@ class UpstreamClient:
             raise classify_error(exc) from exc
         except Exception as exc:
             # Anything else urllib3 raises (a header it refuses, …) is still a failed
-            # request, never a reason to leave the caller's row unfinished.
-            raise UpstreamError("protocol", f"could not send the request upstream: {exc}"
+            # request, never a reason to leave the caller's row unfinished. Its text is not
+            # repeated: http.client quotes a refused header value, which may be a key.
+            reason = ("a request header cannot be sent as it is" if "header" in str(exc).lower()
+                      else type(exc).__name__)
+            raise UpstreamError("protocol", f"could not send the request upstream: {reason}"
                                 ) from exc
 
     def close(self) -> None:
