@@ -180,9 +180,30 @@ class Relay:
                 self._error = UpstreamError("protocol", f"proxy transform failed: {exc!r}",
                                             code="transform_failed")
                 return b""
+            if self._announced_body_read():
+                return out + self._end_of_announced_body()
             if out:
                 return out
         return b""
+
+    def _announced_body_read(self) -> bool:
+        if hasattr(self._response, "read1"):
+            return getattr(self._response, "length_remaining", None) == 0
+        # urllib3 < 2.2: iter_raw reads http.client's response, which does the counting.
+        fp = getattr(self._response, "_fp", None)
+        return getattr(fp, "length", None) == 0 and not getattr(fp, "chunked", False)
+
+    def _end_of_announced_body(self) -> bytes:
+        """The last byte of a Content-Length body is here: end now. Once this piece is
+        sent the client has the whole answer and may hang up at once; ending only at the
+        next read would let that look like an abort of a complete call."""
+        with contextlib.suppress(StopIteration):
+            while next(self._chunks):  # answers b"" at once: the length is used up
+                pass
+        with self._lock:
+            if self._abort_reason is None:
+                self._eof = True
+        return self._finish_pieces() if self._eof else b""
 
     def _within_deadline(self, grace_s: float = 0.0) -> bool:
         """False (with the error set) once the deadline passed; else shorten the next
