@@ -22,29 +22,14 @@ from agent_cli_proxy.upstream.management import (
 )
 from tests.conftest import event_fields, event_name, logged_events
 from tests.fake_cliproxy import DEFAULT_KEY, FakeCliProxy, auth_index_for
+from tests.hand_clock import HandClock
 
 NOW_S = float(calendar.timegm((2026, 8, 20, 12, 0, 0)))
 
 
-class HandClock:
-    """Wall and monotonic time that only move when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = NOW_S
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> HandClock:
-    return HandClock()
+    return HandClock(NOW_S)
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ from tests.conftest import (
 )
 from tests.fake_cliproxy import DEFAULT_KEY, FakeCliProxy
 from tests.fake_upstream import Script
+from tests.hand_clock import HandClock
 from tests.web.test_admin import get
 
 NOON = float(calendar.timegm((2026, 8, 20, 12, 0, 0)))
@@ -49,20 +50,6 @@ TICK_S = 15.0  # CLIPROXY_CORRELATION_INTERVAL_MS
 ACCOUNTS = (("alice@example.com", "claude"), ("bob@example.com", "claude"),
             ("carol@example.com", "codex"), ("dave@example.com", "codex"))
 USER = [{"role": "user", "content": "hi"}]
-
-
-class HandClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

@@ -22,20 +22,10 @@ from agent_cli_proxy.workers.quotas import QuotaService
 from tests.conftest import RunningProxy, start_proxy, wait_until
 from tests.fake_cliproxy import DEFAULT_KEY, FakeCliProxy
 from tests.fake_cliproxy import running as running_cpa
+from tests.hand_clock import HandClock
 from tests.web.test_admin import get
 
 NOW = float(calendar.timegm((2026, 8, 20, 10, 30, 0)))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 Handler = Callable[[ProxyServices, Request], Response]
@@ -57,18 +47,18 @@ def running(make_settings: Callable[..., Settings]) -> Iterator[RunningProxy]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> HandClock:
+    return HandClock(NOW)
 
 
 @pytest.fixture
-def bare(running: RunningProxy, clock: Clock) -> ProxyServices:
+def bare(running: RunningProxy, clock: HandClock) -> ProxyServices:
     """Services as the composition root builds them without CLIProxyAPI settings."""
     return dataclasses.replace(running.app.services, clock=clock, quotas=None)
 
 
 @pytest.fixture
-def cpa(clock: Clock) -> Iterator[FakeCliProxy]:
+def cpa(clock: HandClock) -> Iterator[FakeCliProxy]:
     fake = FakeCliProxy(clock=clock.time)
     fake.add_account("carol@example.com", "codex", access_token="tok-c")
     fake.add_account("alice@example.com", "claude", access_token="tok-a")
@@ -79,7 +69,7 @@ def cpa(clock: Clock) -> Iterator[FakeCliProxy]:
 
 
 @pytest.fixture
-def services(running: RunningProxy, cpa: FakeCliProxy, clock: Clock
+def services(running: RunningProxy, cpa: FakeCliProxy, clock: HandClock
              ) -> Iterator[ProxyServices]:
     http = UpstreamClient(maxsize=2)
     base = running.app.services

@@ -19,7 +19,7 @@ import pytest
 from agent_cli_proxy.config import Settings
 from tests.conftest import RunningProxy, start_proxy
 from tests.fake_cliproxy import DEFAULT_KEY, FakeCliProxy
-from tests.web.test_accounts_e2e import HandClock
+from tests.hand_clock import HandClock
 from tests.web.test_admin import get
 from tests.workers.test_quotas import add_all_providers
 

@@ -42,6 +42,7 @@ from tests import wire
 from tests.conftest import RunningProxy, event_fields, event_name, logged_events
 from tests.fake_cliproxy import DEFAULT_KEY, FakeCliProxy
 from tests.fake_upstream import Script
+from tests.hand_clock import HandClock
 from tests.web.test_admin import get
 
 NOW_S = float(calendar.timegm((2026, 8, 20, 12, 0, 0)))
@@ -58,20 +59,6 @@ TABLE = PriceTable.from_models_dev(
 MESSAGES = {"model": "claude-sonnet-4-5", "max_tokens": 64,
             "messages": [{"role": "user", "content": "hi"}]}
 CHAT = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}
-
-
-class HandClock:
-    def __init__(self) -> None:
-        self.now = NOW_S
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclasses.dataclass
@@ -141,7 +128,7 @@ def make_env(tmp_path: Path) -> Iterator[Any]:
     made: list[Env] = []
 
     def build(preset: str, *, key: str = DEFAULT_KEY, **options: Any) -> Env:
-        clock = HandClock()
+        clock = HandClock(NOW_S)
         cpa = FakeCliProxy.like(preset, clock=clock.time, **options)
         cpa.add_account("alice@example.com", "claude")
         cpa.add_account("carol@example.com", "codex")
