@@ -702,7 +702,7 @@ def ensure_directories(settings: Settings) -> None:
             continue
         directory = os.path.dirname(os.path.abspath(path))
         try:
-            _make_private_dirs(directory)
+            make_private_dirs(directory)
         except OSError as exc:
             issues.append(ConfigIssue(
                 name, f"directory {directory} could not be created: {exc.strerror or exc}"))
@@ -713,9 +713,10 @@ def ensure_directories(settings: Settings) -> None:
         raise ConfigError(issues)
 
 
-def _make_private_dirs(directory: str) -> None:
-    # os.makedirs(mode=) only applies the mode to the last component; every directory we
-    # create holds the database or its neighbours, so each gets 0700.
+def make_private_dirs(directory: str) -> None:
+    """Create *directory* and its missing parents, each new one 0700: they hold the
+    database, its neighbours or secrets. (os.makedirs(mode=) only applies the mode to the
+    last component.)"""
     missing: list[str] = []
     while not os.path.isdir(directory):
         missing.append(directory)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent_cli_proxy import config
-from agent_cli_proxy.config import ConfigIssue, inspect_settings
+from agent_cli_proxy.config import ConfigIssue, inspect_settings, make_private_dirs
 from agent_cli_proxy.envfile import assigned_name, format_assignment
 
 # The system user and group of the service (contrib/systemd/agent-cli-proxy.sysusers).
@@ -150,20 +150,6 @@ def write_file_atomically(path: str, text: str, mode: int, gid: int | None = Non
             os.unlink(temp)
         raise
     _fsync_dir(os.path.dirname(path))
-
-
-def make_private_dirs(directory: str) -> None:
-    """Create *directory* and missing parents, each new one 0700 (they hold secrets)."""
-    missing: list[str] = []
-    while directory and not os.path.isdir(directory):
-        missing.append(directory)
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            break
-        directory = parent
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
 
 
 def _temp_path(path: str) -> str:

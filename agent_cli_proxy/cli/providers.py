@@ -96,7 +96,8 @@ def command() -> click.Group:
             _fail("no home directory to put providers.json in; pass --path")
         if os.path.exists(target) and not force:
             _fail(f"{target} exists; pass --force to overwrite it")
-        from agent_cli_proxy.setup_config import make_private_dirs, write_file_atomically
+        from agent_cli_proxy.config import make_private_dirs
+        from agent_cli_proxy.setup_config import write_file_atomically
 
         try:
             # 0600 in 0700 directories: the file is where provider keys (auth.value) go.
