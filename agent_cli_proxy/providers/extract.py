@@ -153,6 +153,12 @@ class StreamExtractor:
             self._acc.take(reading)
 
     @property
+    def needles(self) -> tuple[str, ...]:
+        """Substrings without which an event's data is skipped unread (its family's
+        ``NEEDLES``): a reader may skip such events before they are even parsed."""
+        return self._acc.fmt.needles
+
+    @property
     def usage(self) -> Usage | None:
         """Usage so far (partial if the stream ended early); None until any was seen."""
         return self._acc.usage

@@ -55,15 +55,29 @@ class UsageCapture:
         # br, zstd …: relayed untouched, but the proxy cannot read them.
         self._readable = self.is_plain or self._decoder is not None
         self._max_body = max_body_bytes
-        self._parser = SSEParser() if self.is_event_stream else None
         self._extractor = stream_extractor(family) if family and self.is_event_stream else None
+        # Without an extractor nothing reads the events: no parser either.
+        self._parser = SSEParser() if self._extractor is not None else None
+        self._needles = tuple(n.encode() for n in self._extractor.needles
+                              ) if self._extractor is not None else ()
         self._body: list[bytes] = []
         self._body_len = 0
         self._overflow = False
         self._sample = bytearray()
         self._finished = False
-        self.usage: Usage | None = None
-        self.model: str | None = None
+        self._usage: Usage | None = None
+        self._model: str | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        """Usage the response reported so far (None: none)."""
+        # Worked out when asked (once, at the end), not after every chunk.
+        return self._extractor.usage if self._extractor is not None else self._usage
+
+    @property
+    def model(self) -> str | None:
+        """The model the response reported, if any."""
+        return self._extractor.model if self._extractor is not None else self._model
 
     @property
     def sample(self) -> str:
@@ -86,8 +100,9 @@ class UsageCapture:
         if len(self._sample) < SAMPLE_BYTES:
             self._sample += data[: SAMPLE_BYTES - len(self._sample)]
         if self._parser is not None:
-            self._handle_events(self._parser.feed(data))
-        elif self.family is not None and not self._overflow:
+            if not self._skippable(data):
+                self._handle_events(self._parser.feed(data))
+        elif self.family is not None and not self._overflow and not self.is_event_stream:
             self._body_len += len(data)
             if self._body_len > self._max_body:
                 self._overflow = True
@@ -96,13 +111,22 @@ class UsageCapture:
             else:
                 self._body.append(data)
 
+    def _skippable(self, data: bytes) -> bool:
+        """Whole events (from an event boundary to a blank line), none naming a needle:
+        the extractor would skip every one of them unread. Most chunks of a stream are
+        such text deltas; they are not parsed at all.
+
+        What the parser loses is only the ``id`` of skipped events, which no extractor
+        reads; a line break other than LF, or anything unfinished, is parsed as usual."""
+        assert self._parser is not None
+        return (data.endswith(b"\n\n") and self._parser.at_event_boundary
+                and b"\r" not in data and not any(n in data for n in self._needles))
+
     def _handle_events(self, events: list[SSEEvent]) -> None:
         if self._extractor is None:
             return
         for event in events:
             self._extractor.feed(event)
-        self.usage = self._extractor.usage
-        self.model = self._extractor.model
 
     def finish(self) -> None:
         """Parse what is left; idempotent (the relay may call it at end and at close)."""
@@ -118,4 +142,4 @@ class UsageCapture:
         elif self.family is not None and not self._overflow and self._body:
             extracted = usage_from_json(self.family, b"".join(self._body))
             self._body.clear()
-            self.usage, self.model = extracted.usage, extracted.model
+            self._usage, self._model = extracted.usage, extracted.model

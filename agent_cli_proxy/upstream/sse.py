@@ -61,6 +61,14 @@ class SSEParser:
         self._last_id: str | None = None
 
     @property
+    def at_event_boundary(self) -> bool:
+        """Nothing in progress: no partial line, no field of an undispatched event, not
+        the stream's first line (which may carry a BOM). Bytes fed now start a new event."""
+        return not (self._partial or self._discarding or self._skip_lf or self._first_line
+                    or self._has_data or self._data or self._broken
+                    or self._event is not None)
+
+    @property
     def buffered_bytes(self) -> int:
         """Bytes held for the incomplete line (never more than ``max_line_bytes``)."""
         return len(self._partial)
