@@ -26,6 +26,8 @@ import hashlib
 import json
 import secrets
 import sqlite3
+import threading
+import weakref
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final, Literal
@@ -156,6 +158,66 @@ def _read_one(conn: sqlite3.Connection, key_id: int) -> dict[str, Any] | None:
     return None if row is None else _public(row, row["request_count"])
 
 
+# -- "are there any keys?", known without a query --------------------------------------------
+#
+# Most proxies have no managed keys, yet clients present their own provider keys on every
+# call, and each would cost an indexed lookup on a reader whose page cache the last write
+# emptied (about 50 us). While no valid key exists the lookups are skipped. Whether that
+# still holds is checked per call without reading the table: the writer connection's
+# data_version tells whether another process (the `api-keys` CLI, another proxy) committed
+# anything since, and this module's own writes bump a generation. Every write to api_keys
+# in this process goes through the functions below.
+
+class _Presence:
+    __slots__ = ("generation", "has_keys", "lock", "version")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.generation = 0  # this process's changes to api_keys
+        self.version: int | None = None  # foreign data_version when has_keys was read
+        self.has_keys = True
+
+
+_presences: weakref.WeakKeyDictionary[Database, _Presence] = weakref.WeakKeyDictionary()
+_presences_lock = threading.Lock()
+
+
+def _presence(db: Database) -> _Presence:
+    state = _presences.get(db)
+    if state is None:
+        with _presences_lock:
+            state = _presences.setdefault(db, _Presence())
+    return state
+
+
+def _keys_changed(db: Database) -> None:
+    """After a write to api_keys has committed: the next check reads the table again."""
+    state = _presence(db)
+    with state.lock:
+        state.generation += 1
+        state.version = None
+
+
+def any_active_keys(db: Database) -> bool:
+    """Whether a non-revoked key may exist (False only when known that none does)."""
+    state = _presence(db)
+    version = db.foreign_data_version()
+    with state.lock:
+        generation = state.generation
+        if version is not None and state.version == version:
+            return state.has_keys
+    with db.read() as conn:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL)").fetchone()
+    has_keys = bool(row[0])
+    with state.lock:
+        # Kept only if nothing changed meanwhile in this process; a foreign change after
+        # `version` was read shows as another version at the next check.
+        if version is not None and state.generation == generation:
+            state.version, state.has_keys = version, has_keys
+    return has_keys
+
+
 def create_key(db: Database, name: str, *, allowed_providers: list[str] | None,
                allowed_accounts: list[str] | None, now_iso: str) -> tuple[dict[str, Any], str]:
     """Store a new key; return its public record and the plaintext key (shown once)."""
@@ -169,6 +231,7 @@ def create_key(db: Database, name: str, *, allowed_providers: list[str] | None,
             (hash_key(key), prefix, name, now_iso, accounts, providers))
         assert cur.lastrowid is not None
         record = _read_one(conn, cur.lastrowid)
+    _keys_changed(db)
     assert record is not None
     return record, key
 
@@ -192,6 +255,7 @@ def revoke_key(db: Database, key_id: int, now_iso: str) -> bool:
         conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                      (now_iso, key_id))
         exists = conn.execute("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+    _keys_changed(db)
     return exists is not None
 
 
@@ -219,7 +283,9 @@ def update_key(db: Database, key_id: int, *, name: str | None = None,
         if sets:
             conn.execute(f"UPDATE api_keys SET {', '.join(sets)} WHERE id = ?",
                          (*values, key_id))
-        return _read_one(conn, key_id)
+        record = _read_one(conn, key_id)
+    _keys_changed(db)
+    return record
 
 
 def rotate_key(db: Database, key_id: int, now_iso: str) -> tuple[dict[str, Any], str] | None:
@@ -235,6 +301,7 @@ def rotate_key(db: Database, key_id: int, now_iso: str) -> tuple[dict[str, Any],
             "UPDATE api_keys SET key_hash = ?, key_prefix = ? WHERE id = ? AND revoked_at IS NULL",
             (hash_key(key), prefix, key_id))
         record = _read_one(conn, key_id)
+    _keys_changed(db)
     if record is None:
         return None
     if cur.rowcount == 0:
@@ -258,7 +325,8 @@ def verify_key(db: Database, plaintext: str, *, now_s: float | None = None) -> K
 
     With *now_s* (Unix seconds) the key's ``last_used_at`` is brought up to date, but
     only when it is older than :data:`LAST_USED_GRANULARITY_S`, so most calls write
-    nothing. Revocation and rotation take effect on the next call: nothing is cached.
+    nothing. Revocation and rotation take effect on the next call: no key is cached
+    (callers skip the lookup only while :func:`any_active_keys` knows there are none).
     """
     plaintext = plaintext.strip()
     if not plaintext or len(plaintext) > MAX_PRESENTED_CHARS:

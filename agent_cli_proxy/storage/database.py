@@ -142,6 +142,20 @@ class Database:
                     conn.execute("ROLLBACK")
                 raise
 
+    def foreign_data_version(self) -> int | None:
+        """``PRAGMA data_version`` of the writer connection: it changes exactly when
+        another connection (another process: the CLI, another proxy) has committed since,
+        never for this process's own writes. None when the writer is busy now (the caller
+        must then assume anything may have changed): it is not waited for."""
+        if not self._write_lock.acquire(blocking=False):
+            return None
+        try:
+            conn = self._require_open(self._writer)
+            version: int = conn.execute("PRAGMA data_version").fetchone()[0]
+            return version
+        finally:
+            self._write_lock.release()
+
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
         for attempt, delay in enumerate((*WRITE_RETRY_DELAYS_S, None)):
             try:

@@ -305,7 +305,12 @@ def authenticate_key(services: ProxyServices, request: Request
     require = services.settings.proxy_require_api_key
     candidates = presented_keys(request)
     now_s = services.clock.time()
-    for candidate in candidates:
+    try:
+        # Most proxies have no managed key at all: then no presented key can be one.
+        lookups = candidates if candidates and store.any_active_keys(services.db) else []
+    except (DatabaseError, DatabaseClosedError):
+        lookups = candidates  # each lookup below reports the failure
+    for candidate in lookups:
         try:
             record = store.verify_key(services.db, candidate, now_s=now_s)
         except (DatabaseError, DatabaseClosedError):

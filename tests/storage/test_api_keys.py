@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -262,3 +263,36 @@ def test_unreadable_allow_list_allows_nothing(db: Database) -> None:
     assert found is not None and found.allowed_providers == ()
     assert not found.allows_provider("openai")
     assert store.list_keys(db)[0]["allowedProviders"] == []
+
+
+def test_any_active_keys_follows_every_writer(db: Database, db_path: Path) -> None:
+    now = "2026-11-21T00:00:00.000Z"
+    assert store.any_active_keys(db) is False
+    assert store.any_active_keys(db) is False  # known without a query now
+    record, _ = store.create_key(db, "a", allowed_providers=None, allowed_accounts=None,
+                                 now_iso=now)
+    assert store.any_active_keys(db) is True
+    assert store.revoke_key(db, record["id"], now)
+    assert store.any_active_keys(db) is False
+    # Another process: the original, or the CLI with its own connection.
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("INSERT INTO api_keys (key_hash, key_prefix, name) VALUES ('h','p','x')")
+        assert store.any_active_keys(db) is True
+        other.execute("UPDATE api_keys SET revoked_at = 'now' WHERE key_hash = 'h'")
+        assert store.any_active_keys(db) is False
+        # While this process writes, the check reads the table instead of waiting.
+        with db._write_lock:
+            other_thread: list[bool] = []
+            t = threading.Thread(target=lambda: other_thread.append(store.any_active_keys(db)))
+            t.start()
+            t.join()
+            assert other_thread == [False]
+            other.execute("UPDATE api_keys SET revoked_at = NULL WHERE key_hash = 'h'")
+            t = threading.Thread(target=lambda: other_thread.append(store.any_active_keys(db)))
+            t.start()
+            t.join()
+            assert other_thread == [False, True]
+    finally:
+        other.close()
+    assert store.any_active_keys(db) is True

@@ -79,3 +79,41 @@ def test_a_key_created_by_another_process_works_at_once(strict: RunningProxy) ->
     finally:
         cli.close()
     assert post(strict, *GPT, {"Authorization": f"Bearer {key}"})[0] == 200
+
+
+def test_without_managed_keys_presented_keys_are_not_looked_up(
+        proxy: RunningProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups: list[str] = []
+    verify = store.verify_key
+
+    def counting(db: object, plaintext: str, **kwargs: object) -> object:
+        lookups.append(plaintext)
+        return verify(db, plaintext, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "verify_key", counting)
+    for _ in range(3):  # the client's own provider key, as most clients send one
+        assert post(proxy, *GPT, {"Authorization": "Bearer sk-provider"})[0] == 200
+    assert lookups == []
+    # A key created here (admin API, CLI in-process) is known at once ...
+    record, key = store.create_key(proxy.db, "now", allowed_providers=None,
+                                   allowed_accounts=None, now_iso=NOW)
+    assert post(proxy, *GPT, {"Authorization": f"Bearer {key}"})[0] == 200
+    assert lookups == [key]
+    assert proxy.final_rows(4)[-1]["proxy_api_key_id"] == record["id"]
+    # ... and so is the last one going away.
+    assert store.revoke_key(proxy.db, int(record["id"]), NOW)
+    lookups.clear()
+    assert post(proxy, *GPT, {"Authorization": f"Bearer {key}"})[0] == 200
+    assert lookups == []
+
+
+def test_a_key_the_original_inserts_is_seen_at_once(strict: RunningProxy) -> None:
+    key = "f" * 64  # the original's key format, written by the original's own process
+    assert post(strict, *GPT, {"Authorization": f"Bearer {key}"})[0] == 401
+    other = sqlite3.connect(strict.settings.db_path, isolation_level=None)
+    try:
+        other.execute("INSERT INTO api_keys (key_hash, key_prefix, name) VALUES (?, ?, ?)",
+                      (store.hash_key(key), key[:8], "original"))
+    finally:
+        other.close()
+    assert post(strict, *GPT, {"Authorization": f"Bearer {key}"})[0] == 200
