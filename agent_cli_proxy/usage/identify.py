@@ -302,10 +302,15 @@ def _clean(value: str | None, limit: int = _PART_LIMIT) -> str | None:
 
 
 def _match_rule(headers: HeaderLookup) -> tuple[Rule, str] | None:
+    # The rules read ~30 distinct headers (the User-Agent 16 times): each is looked up once.
+    seen: dict[str, str | None] = {}
     for rule in RULES:
         found: re.Match[str] | None = None
         for cond in rule.when:
-            value = _value(headers, cond.header)
+            try:
+                value = seen[cond.header]
+            except KeyError:
+                value = seen[cond.header] = _value(headers, cond.header)
             found = cond.pattern.search(value) if value is not None else None
             if found is None:
                 break
