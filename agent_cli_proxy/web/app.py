@@ -8,7 +8,7 @@ the proxy decides which of them are LLM calls worth a row. Anything else is a JS
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
@@ -33,6 +33,7 @@ from agent_cli_proxy.web.errors import json_error, json_response
 from agent_cli_proxy.web.services import ProxyServices
 
 _log = get_logger("web")
+_MAX_REMEMBERED_PATHS = 512
 
 Handler = Callable[..., Any]  # (services, request, **route arguments) -> WSGI response
 _READ = ["GET", "HEAD"]
@@ -114,12 +115,28 @@ class ProxyApp:
     def __init__(self, services: ProxyServices) -> None:
         self.services = services
         self.endpoints: dict[str, Handler] = {name: route[2] for name, route in ROUTES.items()}
+        self._proxy_paths: dict[tuple[str, str], Mapping[str, Any]] = {}
+
+    def _match(self, environ: dict[str, Any]) -> tuple[str, Mapping[str, Any]]:
+        """werkzeug's match, remembered for paths of the proxy endpoint: nearly every
+        request, the same few paths, and binding and matching cost more than the rest of
+        the routing. The proxy's rules take any method, and no other rule matches their
+        paths, so the path alone decides."""
+        key = (environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", ""))
+        remembered = self._proxy_paths.get(key)
+        if remembered is not None:
+            return "proxy", remembered
+        endpoint, args = URL_MAP.bind_to_environ(environ).match()
+        if endpoint == "proxy":
+            if len(self._proxy_paths) >= _MAX_REMEMBERED_PATHS:  # paths are the client's
+                self._proxy_paths.clear()
+            self._proxy_paths[key] = args
+        return endpoint, args
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
-        adapter = URL_MAP.bind_to_environ(environ)
         try:
-            endpoint, args = adapter.match()
+            endpoint, args = self._match(environ)
             refused = self._refusal(endpoint, request)
             response = refused or self.endpoints[endpoint](self.services, request, **args)
         except params.BadParameter as exc:
