@@ -90,6 +90,12 @@ def iter_raw(response: urllib3.BaseHTTPResponse, amt: int = READ_SIZE) -> Iterat
     fp.close()  # pragma: no cover
 
 
+def _closed(result: RelayResult) -> None:
+    """A closed relay's ``on_close``: the callback usually holds the relay itself (a
+    reference cycle), and letting it go frees the whole call's objects at once instead of
+    at the cyclic garbage collector's next pass."""
+
+
 class Relay:
     """WSGI body iterator over an upstream response. See the module docstring."""
 
@@ -307,8 +313,9 @@ class Relay:
             except Exception:
                 _log.exception("passthrough.tap_failed")
         result = RelayResult(outcome, self._received, self._error, self._abort_reason)
+        on_close, self._on_close = self._on_close, _closed
         try:
-            self._on_close(result)
+            on_close(result)
         except Exception:
             _log.exception("passthrough.on_close_failed")
 

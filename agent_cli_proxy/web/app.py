@@ -134,7 +134,9 @@ class ProxyApp:
         return endpoint, args
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        request = Request(environ)
+        # Not stored in the environ ("werkzeug.request"): that reference cycle kept every
+        # request's objects alive until the cyclic garbage collector came by.
+        request = Request(environ, populate_request=False)
         try:
             endpoint, args = self._match(environ)
             refused = self._refusal(endpoint, request)
