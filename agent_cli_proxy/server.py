@@ -108,6 +108,8 @@ def serve(settings: Settings) -> int:
     """Run in the foreground until SIGTERM/SIGINT; returns the process exit code."""
     ensure_directories(settings)
     db = open_database(settings.db_path)
+    # WAL checkpoints (page copies and fsyncs) off the request path.
+    db.start_checkpointer()
     lock = acquire_instance_lock(settings.db_path)
     if lock is None:
         _log.warning("storage.shared_database", db_path=settings.db_path,

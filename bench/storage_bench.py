@@ -3,7 +3,8 @@
 Exactly what :class:`agent_cli_proxy.web.recorder.CallRecorder` does per call, minus the
 network: ``insert_pending`` (one ``BEGIN IMMEDIATE`` transaction) and ``finalize`` (one more:
 the row update, its ``daily_usage`` aggregate and its ``cost_audit`` entry), on a fresh
-database file in WAL mode opened (and migrated) by ``Database.open``.
+database file in WAL mode opened (and migrated) by ``Database.open``, with the background
+checkpoints ``serve`` starts (``Database.start_checkpointer``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def finalize_throughput(rows: int) -> float:
     """
     with tempfile.TemporaryDirectory(prefix="acp-bench-db-") as tmp:
         db = Database.open(Path(tmp) / "bench.db")
+        db.start_checkpointer()  # as `agent-cli-proxy serve` does
         try:
             now = iso_utc(time.time())
             pending, fin = _pending(now), _finalization(now)

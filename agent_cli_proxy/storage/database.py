@@ -38,6 +38,12 @@ DEFAULT_BUSY_TIMEOUT_MS = 5000
 # schedule; by then another process has held the write lock for seconds, so back off.
 WRITE_RETRY_DELAYS_S: tuple[float, ...] = (0.05, 0.2, 0.8)
 
+# With background checkpoints (Database.start_checkpointer): the writer still checkpoints
+# by itself once the WAL holds this many pages (about 16 MB), a bound for when the
+# background thread cannot keep up (the WAL file keeps its largest size, as SQLite's own
+# 1,000-page default does: cutting it back after each restart made the p99 worse).
+BACKGROUND_AUTOCHECKPOINT_PAGES = 4_000
+
 # Idle reader connections kept for reuse; more are opened when more are in use at once, and
 # closed when given back to a full pool. Readers are busy for microseconds per statement.
 MAX_IDLE_READERS = 4
@@ -79,6 +85,8 @@ class Database:
         self._idle: list[sqlite3.Connection] = []  # pooled readers nobody holds
         self._local = threading.local()
         self._closed = False
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = self._connect()
         mode = self._writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -254,6 +262,46 @@ class Database:
             return False
         return row is not None and row[0] == 1
 
+    # -- checkpoints ----------------------------------------------------------------
+
+    def start_checkpointer(self, interval_s: float = 0.1) -> None:
+        """Copy the WAL into the database file from a thread of its own, every
+        *interval_s*, instead of in the writer.
+
+        SQLite's automatic checkpoint runs in the committing write, under the write lock,
+        each time the WAL passes 1,000 pages (every ~50 proxied calls): it copies pages and
+        waits for two fsyncs (several ms here), and every call behind it waits too (the
+        p99 latency of sequential calls was 6 ms, with 3 ms this way). A passive
+        checkpoint from another connection runs alongside the writer. The writer keeps
+        checkpointing by itself past :data:`BACKGROUND_AUTOCHECKPOINT_PAGES`. The server
+        starts it; short-lived users (CLI commands, tests) keep SQLite's default.
+        """
+        with self._write_lock:
+            conn = self._require_open(self._writer)
+            if self._checkpointer is not None:
+                return
+            conn.execute(f"PRAGMA wal_autocheckpoint={BACKGROUND_AUTOCHECKPOINT_PAGES}")
+            checkpoints = self._connect()
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, args=(checkpoints, interval_s),
+                name="sqlite-checkpoints", daemon=True)
+            self._checkpointer.start()
+
+    def _checkpoint_loop(self, conn: sqlite3.Connection, interval_s: float) -> None:
+        failing = False
+        try:
+            while not self._stop_checkpoints.wait(interval_s):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    failing = False
+                except sqlite3.Error as exc:
+                    if not failing:  # once per run of failures, not every interval
+                        log.warning("storage.background_checkpoint_failed",
+                                    path=str(self.path), error=str(exc))
+                    failing = True
+        finally:
+            conn.close()
+
     # -- shutdown -------------------------------------------------------------------
 
     def close(self) -> None:
@@ -262,6 +310,10 @@ class Database:
         Waits for a write in progress. Call after request threads have drained: a
         reader closed under a thread still using it makes that thread's query fail.
         """
+        self._stop_checkpoints.set()
+        checkpointer = self._checkpointer
+        if checkpointer is not None and checkpointer is not threading.current_thread():
+            checkpointer.join()
         with self._write_lock:
             if self._closed:
                 return

@@ -178,3 +178,39 @@ def test_close_checkpoints_and_is_idempotent(db_path: Path, make_pending: MakePe
     conn = sqlite3.connect(db_path)
     assert conn.execute("SELECT COUNT(*) FROM request_logs").fetchone()[0] == 20
     conn.close()
+
+
+def test_background_checkpoints_copy_the_wal_without_the_writer(
+        db_path: Path, make_pending: MakePending, tmp_path: Path) -> None:
+    import shutil
+
+    from tests.conftest import wait_until
+
+    db = open_database(db_path)
+    try:
+        db.start_checkpointer(interval_s=0.01)
+        db.start_checkpointer(interval_s=0.01)  # once is enough
+        with db.write() as conn:
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 4_000
+        for i in range(5):
+            insert_pending(db, make_pending(request_id=str(i)))
+
+        def in_main_file() -> bool:
+            # The main file alone (no -wal beside the copy) holds what was checkpointed.
+            copy = tmp_path / f"copy-{threading.get_ident()}.db"
+            shutil.copyfile(db_path, copy)
+            conn = sqlite3.connect(copy)
+            try:
+                count: int = conn.execute("SELECT COUNT(*) FROM request_logs").fetchone()[0]
+                return count == 5
+            except sqlite3.OperationalError:  # not even the tables are there yet
+                return False
+            finally:
+                conn.close()
+
+        wait_until(in_main_file, what="the rows in the main database file")
+    finally:
+        db.close()
+    assert not any(t.name == "sqlite-checkpoints" for t in threading.enumerate())
+    wal = db_path.with_name(db_path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
