@@ -188,10 +188,18 @@ class Database:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and not self._closed:
             return conn
+        conn = self._checkout()
+        dead: list[sqlite3.Connection] = []
         with self._readers_lock:
-            conn = self._checkout()
-            self._prune_dead_readers()
-            self._readers.append((threading.current_thread(), conn))
+            closed = self._closed
+            if not closed:
+                dead = self._prune_dead_readers()
+                self._readers.append((threading.current_thread(), conn))
+        if closed:
+            conn.close()
+            self._require_open(None)  # raises
+        for stale in dead:
+            stale.close()
         self._local.conn = conn
         return conn
 
@@ -204,44 +212,48 @@ class Database:
         self._local.conn = None
         with self._readers_lock:
             self._readers = [(t, c) for t, c in self._readers if c is not conn]
-            self._checkin(conn)
+        self._checkin(conn)
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A pooled read-only connection for the ``with`` body (fetch results fully)."""
-        with self._readers_lock:
-            conn = self._checkout()
+        conn = self._checkout()
         try:
             yield conn
         finally:
-            with self._readers_lock:
-                self._checkin(conn)
+            self._checkin(conn)
 
     def _checkout(self) -> sqlite3.Connection:
-        # Under _readers_lock.
-        self._require_open(None)
-        if self._idle:
-            return self._idle.pop()
+        with self._readers_lock:
+            self._require_open(None)
+            if self._idle:
+                return self._idle.pop()
+        # Opening (and closing, below) a connection is file I/O: not under the lock.
         conn = self._connect()
         conn.execute("PRAGMA query_only=ON")
         return conn
 
     def _checkin(self, conn: sqlite3.Connection) -> None:
-        # Under _readers_lock. A connection given back after close() is closed here.
-        if self._closed or len(self._idle) >= MAX_IDLE_READERS:
+        # A connection given back after close(), or to a full pool, is closed.
+        with self._readers_lock:
+            keep = not self._closed and len(self._idle) < MAX_IDLE_READERS
+            if keep:
+                self._idle.append(conn)
+        if not keep:
             conn.close()
-        else:
-            self._idle.append(conn)
 
-    def _prune_dead_readers(self) -> None:
-        # Threads come and go (tests, CLI tools); their connections must not pile up.
+    def _prune_dead_readers(self) -> list[sqlite3.Connection]:
+        """Drop the readers of threads that have ended (tests, CLI tools: their
+        connections must not pile up); under _readers_lock. The caller closes them."""
         alive: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        dead: list[sqlite3.Connection] = []
         for thread, conn in self._readers:
             if thread.is_alive():
                 alive.append((thread, conn))
             else:
-                conn.close()
+                dead.append(conn)
         self._readers = alive
+        return dead
 
     def reader_count(self) -> int:
         """How many reader connections threads hold (for diagnostics and tests)."""
