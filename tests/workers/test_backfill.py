@@ -28,6 +28,7 @@ from agent_cli_proxy.usage.pricing import PriceTable
 from agent_cli_proxy.workers.backfill import LOOP_NAME, CostBackfill
 from agent_cli_proxy.workers.supervisor import Supervisor
 from tests.conftest import event_fields, event_name, logged_events
+from tests.hand_clock import LoopClock
 
 NOW_S = float(calendar.timegm((2026, 11, 28, 12, 0, 0)))
 DAY_S = 86_400
@@ -38,28 +39,6 @@ TABLE = PriceTable.from_models_dev(
 WITH_MYSTERY = TABLE.with_local({"mystery-model-1": {"input": 1.0, "output": 2.0}}, {})
 PLAIN = Usage(prompt_tokens=1000, completion_tokens=500)
 GPT_COST, MYSTERY_COST = 0.0075, 0.002  # per million: 1000*2.5 + 500*10; 1000*1 + 500*2
-
-
-class FakeClock:
-    """Fixed wall time; the supervisor's ``wait`` hook records delays instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = NOW_S
-        self.delays: list[float] = []
-        self.paused = threading.Event()
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wait(self, stop: threading.Event, timeout: float) -> bool:
-        # The loop has finished a run: record when it would run next and hold it there.
-        self.delays.append(timeout)
-        self.paused.set()
-        stop.wait()
-        return True
 
 
 class Prices:
@@ -108,13 +87,13 @@ def cost_of(db: Database, row_id: int) -> tuple[str, float]:
     return row["cost_status"], row["cost_usd"]
 
 
-def make(db: Database, prices: Callable[[], PriceTable], clock: FakeClock | None = None,
+def make(db: Database, prices: Callable[[], PriceTable], clock: LoopClock | None = None,
          **settings: Any) -> CostBackfill:
     values: dict[str, Any] = {"cost_backfill_lookback_ms": 7 * DAY_S * 1000,
                               "cost_backfill_chunk_size": 2,
                               "cost_backfill_interval_ms": 1_800_000}
     values.update(settings)
-    return CostBackfill(db, settings_for_tests(**values), prices, clock=clock or FakeClock())
+    return CostBackfill(db, settings_for_tests(**values), prices, clock=clock or LoopClock(NOW_S))
 
 
 def test_run_once_prices_the_window_and_full_runs_everything(
@@ -197,7 +176,7 @@ def test_on_prices_updated_never_raises(db: Database,
 
 def test_registered_loop_runs_at_start_then_every_interval(db: Database) -> None:
     row_id = finished(db, "gpt-4o")
-    clock = FakeClock()
+    clock = LoopClock(NOW_S)
     supervisor = Supervisor(clock=clock, wait=clock.wait, rng=random.Random(3))
     job = make(db, Prices(TABLE), clock, cost_backfill_interval_ms=600_000)
     job.register(supervisor)

@@ -24,35 +24,15 @@ from agent_cli_proxy.workers.supervisor import Supervisor
 from tests.conftest import event_fields, event_name, logged_events
 from tests.fake_cliproxy import DEFAULT_KEY, FakeCliProxy
 from tests.fake_cliproxy_quota import CLAUDE_USAGE, TOKEN_PATHS, FakeVendor
+from tests.hand_clock import LoopClock
 
 NOW = float(calendar.timegm((2026, 8, 20, 10, 0, 0)))
 STAMP = "2026-08-20T10:00:00.000Z"
 
 
-class Clock:
-    """Wall and monotonic time moved by hand; ``wait`` holds a loop after its first run."""
-
-    def __init__(self) -> None:
-        self.now = NOW
-        self.delays: list[float] = []
-        self.paused = threading.Event()
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wait(self, stop: threading.Event, timeout: float) -> bool:
-        self.delays.append(timeout)
-        self.paused.set()
-        stop.wait()
-        return True
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> LoopClock:
+    return LoopClock(NOW)
 
 
 @pytest.fixture
@@ -63,7 +43,7 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
-def cpa(clock: Clock) -> Iterator[FakeCliProxy]:
+def cpa(clock: LoopClock) -> Iterator[FakeCliProxy]:
     fake = FakeCliProxy(clock=clock.time)
     yield fake
     fake.close()
@@ -82,7 +62,7 @@ def settings(**overrides: Any) -> Settings:
     return settings_for_tests(**{**values, **overrides})
 
 
-def management(cpa: FakeCliProxy, http: UpstreamClient, clock: Clock,
+def management(cpa: FakeCliProxy, http: UpstreamClient, clock: LoopClock,
                key: str = DEFAULT_KEY) -> ManagementClient:
     return ManagementClient(http, cpa.url, key, clock=clock)
 
@@ -109,7 +89,7 @@ def by_account(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # -- through CLIProxyAPI's api-call --------------------------------------------------------
 
 def test_snapshots_for_every_provider_through_api_call(
-        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: Clock) -> None:
+        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: LoopClock) -> None:
     add_all_providers(cpa)
     service = QuotaService(db, settings(), management=management(cpa, http, clock),
                            clock=clock)
@@ -158,7 +138,7 @@ def test_snapshots_for_every_provider_through_api_call(
 
 
 def test_history_accumulates_and_latest_is_the_newest_refresh(
-        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: Clock) -> None:
+        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: LoopClock) -> None:
     claude = cpa.add_account("alice@example.com", "claude", access_token="tok")
     service = QuotaService(db, settings(), management=management(cpa, http, clock),
                            clock=clock)
@@ -188,7 +168,7 @@ def test_history_accumulates_and_latest_is_the_newest_refresh(
 
 
 def test_vendor_401_and_a_missing_token_concern_one_account(
-        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: Clock) -> None:
+        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: LoopClock) -> None:
     cpa.add_account("alice@example.com", "claude", access_token="tok-a",
                     fake_quota={"status": 401, "body": {"error": {"message": "expired"}}})
     cpa.add_account("bob@example.com", "claude")  # no token: CPA answers 400
@@ -213,7 +193,7 @@ def test_vendor_401_and_a_missing_token_concern_one_account(
                                               ("management_disabled", "disabled"),
                                               ("wrong_key", "unauthorized")])
 def test_management_api_unavailable_is_a_warning_with_bounded_requests(
-        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: Clock, knob: str,
+        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: LoopClock, knob: str,
         reason: str) -> None:
     cpa.add_account("alice@example.com", "claude", access_token="tok")
     cpa.management_down = knob == "management_down"
@@ -240,7 +220,7 @@ def test_management_api_unavailable_is_a_warning_with_bounded_requests(
 
 
 def test_api_call_route_missing_stops_the_refresh_after_one_call(
-        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: Clock) -> None:
+        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: LoopClock) -> None:
     for name in ("a", "b", "c"):
         cpa.add_account(f"{name}@example.com", "claude", access_token="tok")
     service = QuotaService(db, settings(), management=management(cpa, http, clock),
@@ -260,7 +240,7 @@ def test_api_call_route_missing_stops_the_refresh_after_one_call(
 
 
 def test_a_slow_vendor_times_out_its_account_not_the_management_api(
-        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: Clock) -> None:
+        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: LoopClock) -> None:
     add_all_providers(cpa)
     slow = threading.Event()
     cpa.accounts[1].file["fake_quota_hold"] = slow  # Claude's usage endpoint hangs
@@ -290,7 +270,7 @@ def test_a_slow_vendor_times_out_its_account_not_the_management_api(
 
 
 def test_cpa_hanging_up_on_api_call_still_marks_it_unreachable(
-        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: Clock) -> None:
+        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: LoopClock) -> None:
     cpa.add_account("alice@example.com", "claude", access_token="tok")
     cpa.add_account("bob@example.com", "claude", access_token="tok")
     client = management(cpa, http, clock)
@@ -355,7 +335,7 @@ def fingerprint(directory: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def test_auth_dir_reads_files_read_only_and_calls_vendors_directly(
-        db: Database, tmp_path: Path, vendor: FakeVendor, clock: Clock) -> None:
+        db: Database, tmp_path: Path, vendor: FakeVendor, clock: LoopClock) -> None:
     directory = auth_dir(tmp_path)
     before = fingerprint(directory)
     service = QuotaService(db, settings(cliproxy_auth_dir=str(directory)), clock=clock,
@@ -384,7 +364,7 @@ def test_auth_dir_reads_files_read_only_and_calls_vendors_directly(
 
 
 def test_auth_dir_rereads_tokens_skips_401_expired_and_disabled(
-        db: Database, tmp_path: Path, vendor: FakeVendor, clock: Clock) -> None:
+        db: Database, tmp_path: Path, vendor: FakeVendor, clock: LoopClock) -> None:
     directory = tmp_path / "auth"
     directory.mkdir()
     claude = write(directory / "claude-a@x.json",
@@ -416,7 +396,7 @@ def test_auth_dir_rereads_tokens_skips_401_expired_and_disabled(
 
 def test_falls_back_to_auth_dir_only_when_management_is_unavailable(
         db: Database, tmp_path: Path, cpa: FakeCliProxy, http: UpstreamClient,
-        vendor: FakeVendor, clock: Clock) -> None:
+        vendor: FakeVendor, clock: LoopClock) -> None:
     directory = auth_dir(tmp_path)
     cpa.add_account("carol@example.com", "codex", access_token="tok-codex")
     service = QuotaService(db, settings(cliproxy_auth_dir=str(directory)),
@@ -436,7 +416,7 @@ def test_falls_back_to_auth_dir_only_when_management_is_unavailable(
 
 
 def test_next_url_after_a_404_and_unreachable_vendor(
-        db: Database, tmp_path: Path, vendor: FakeVendor, clock: Clock) -> None:
+        db: Database, tmp_path: Path, vendor: FakeVendor, clock: LoopClock) -> None:
     directory = tmp_path / "auth"
     directory.mkdir()
     write(directory / "antigravity-a@x.json", {"type": "antigravity", "email": "a@x",
@@ -460,7 +440,7 @@ def test_next_url_after_a_404_and_unreachable_vendor(
 
 
 def test_same_email_twice_and_local_usage_by_auth_index(
-        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: Clock) -> None:
+        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: LoopClock) -> None:
     plus = cpa.add_account("carol@example.com", "codex", access_token="t1",
                            name="codex-carol@example.com-plus.json")
     cpa.add_account("carol@example.com", "codex", access_token="t2",
@@ -489,7 +469,7 @@ def test_same_email_twice_and_local_usage_by_auth_index(
 
 
 def test_registered_loop_runs_at_start_then_every_interval(
-        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: Clock) -> None:
+        db: Database, cpa: FakeCliProxy, http: UpstreamClient, clock: LoopClock) -> None:
     cpa.add_account("alice@example.com", "claude", access_token="tok")
     supervisor = Supervisor(clock=clock, wait=clock.wait, rng=random.Random(3))
     service = QuotaService(db, settings(), management=management(cpa, http, clock),
