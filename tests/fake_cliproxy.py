@@ -537,13 +537,7 @@ class _CpaHandler(_Handler):
         if path in LLM_ROUTES:
             # A scripted answer, too, is a request CPA served with an account it selected.
             script = cpa.serve_llm(rec, script)
-        if script.delay_headers is not None and not self._hold(script.delay_headers):
-            return
-        if script.hang_up:
-            self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
-            return
-        self._respond(script)
+        self._serve(script)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 

@@ -153,6 +153,10 @@ class _Handler(BaseHTTPRequestHandler):
         with up.lock:
             up.requests.append(rec)
             script = up.scripts.popleft() if up.scripts else default_response(rec)
+        self._serve(script)
+
+    def _serve(self, script: Script) -> None:
+        """Answer as *script* says: after its gate, by hanging up, or with a response."""
         if script.delay_headers is not None and not self._hold(script.delay_headers):
             return
         if script.hang_up:

@@ -27,6 +27,7 @@ from agent_cli_proxy.web import api_keys
 from agent_cli_proxy.web.services import ProxyServices
 from agent_cli_proxy.wsgi import create_app
 from tests.conftest import RunningProxy, start_proxy
+from tests.hand_clock import HandClock
 
 KEY_SHAPE = re.compile(r"acp_[0-9a-f]{64}")
 RECORD_FIELDS = {"id", "keyPrefix", "name", "createdAt", "revokedAt", "lastUsedAt",
@@ -228,17 +229,6 @@ def test_routes_are_behind_the_admin_check(make_settings: Callable[..., Settings
 
 # -- authenticate: the proxy-side check ---------------------------------------------------
 
-class FixedClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def key_db(make_settings: Callable[..., Settings]) -> Iterator[Database]:
     db = open_database(make_settings().db_path)
@@ -374,7 +364,7 @@ def test_optional_keys_are_recorded_when_valid(services: Callable[..., ProxyServ
 
 def test_authenticate_keeps_last_used_current(services: Callable[..., ProxyServices],
                                               key_db: Database) -> None:
-    clock = FixedClock(1_795_287_571.0)
+    clock = HandClock(1_795_287_571.0)
     svc = services(True, clock)
     key_id, key = new_key(key_db)
     api_keys.authenticate(svc, request({"x-api-key": key}), "openai")
