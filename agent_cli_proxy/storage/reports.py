@@ -274,21 +274,3 @@ def list_logs(db: Database, *, limit: int, offset: int, tool: str | None = None,
 
 # -- quota_snapshots -------------------------------------------------------------------
 
-def latest_quota_snapshots(db: Database) -> list[dict[str, Any]]:
-    """The newest snapshot of each (provider, account, quota_type), every column.
-
-    Ordered provider, account, quota_type. Newest = greatest ``timestamp``, then the
-    greatest id: unlike the original's join on MAX(timestamp), two snapshots written
-    with the same timestamp give one row, not two.
-    """
-    rows = _query(db, """
-        SELECT * FROM quota_snapshots WHERE id IN (
-          SELECT id FROM (
-            SELECT id, ROW_NUMBER() OVER (
-              PARTITION BY provider, account, quota_type ORDER BY timestamp DESC, id DESC
-            ) AS rn FROM quota_snapshots
-          ) WHERE rn = 1
-        )
-        ORDER BY provider, account, quota_type
-        """)
-    return [dict(r) for r in rows]

@@ -101,10 +101,6 @@ def log_by_id(services: ProxyServices, request: Request, row_id: int) -> Respons
     return json_response(reports.normalize_log_row(row))
 
 
-def quotas(services: ProxyServices, request: Request) -> Response:
-    return json_response({"snapshots": reports.latest_quota_snapshots(services.db)})
-
-
 def config(services: ProxyServices, request: Request) -> Response:
     """The effective configuration, every secret redacted."""
     settings = services.settings

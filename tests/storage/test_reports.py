@@ -17,7 +17,6 @@ from agent_cli_proxy.storage import (
     finalize,
     get_request,
     insert_pending,
-    latest_quota_snapshots,
     list_logs,
     normalize_log_row,
     providers_for_day,
@@ -27,6 +26,7 @@ from agent_cli_proxy.storage import (
     usage_summary,
     usage_trend,
 )
+from agent_cli_proxy.storage.quotas import latest_snapshots
 from agent_cli_proxy.usage.model import Usage
 
 MakePending = Callable[..., PendingRow]
@@ -106,7 +106,6 @@ def test_empty_database(db: Database) -> None:
     assert usage_trend(db, since_iso="2000-01-01T00:00:00.000Z", provider=None, model=None,
                        tool=None) == []
     assert list_logs(db, limit=50, offset=0) == []
-    assert latest_quota_snapshots(db) == []
     assert stats(db) == {"total_requests": 0, "total_tokens": 0, "total_cost_usd": 0.0,
                          "first_request_at": None, "last_request_at": None}
     assert isinstance(stats(db)["total_cost_usd"], float)
@@ -406,10 +405,10 @@ def test_list_logs_counts_only_matching_rows_with_like_wildcards(
 
 # -- quota_snapshots ---------------------------------------------------------------------
 
-def test_latest_quota_snapshots(db: Database) -> None:
+def test_latest_snapshots_are_each_accounts_newest_refresh(db: Database) -> None:
     add_quota(db, "2026-11-21T10:00:00.000Z", "codex", "z@x", "week", 10.0)
     add_quota(db, "2026-11-21T12:00:00.000Z", "codex", "z@x", "week", 30.0)
-    add_quota(db, "2026-11-21T11:00:00.000Z", "codex", "z@x", "5h", 50.0)
+    add_quota(db, "2026-11-21T11:00:00.000Z", "codex", "z@x", "5h", 50.0)  # not refreshed
     newest_claude = add_quota(db, "2026-11-21T12:00:00.000Z", "claude", "a@x", "5h", None)
     add_quota(db, "2026-11-21T09:00:00.000Z", "claude", "a@x", "5h", 99.0)
     # Two snapshots with the same timestamp: the later insert wins, and only one is listed.
@@ -417,21 +416,20 @@ def test_latest_quota_snapshots(db: Database) -> None:
     tied = add_quota(db, "2026-11-21T12:00:00.000Z", "claude", "a@x", "week", 2.0)
     add_quota(db, "2026-11-21T08:00:00.000Z", "claude", "b@x", "week", 70.0)
 
-    snaps = latest_quota_snapshots(db)
+    snaps = latest_snapshots(db)
     assert [(s["provider"], s["account"], s["quota_type"], s["used_pct"]) for s in snaps] == [
         ("claude", "a@x", "5h", None),
         ("claude", "a@x", "week", 2.0),
         ("claude", "b@x", "week", 70.0),
-        ("codex", "z@x", "5h", 50.0),
         ("codex", "z@x", "week", 30.0),
     ]
     assert snaps[0]["id"] == newest_claude
-    assert snaps[1]["id"] == tied
     assert snaps[1] == {"id": tied, "timestamp": "2026-11-21T12:00:00.000Z",
                         "provider": "claude", "account": "a@x", "quota_type": "week",
                         "used_pct": 2.0, "remaining": 98.0, "remaining_raw": "98.00%",
                         "resets_at": "2026-11-22T00:00:00.000Z", "raw_json": "{}",
                         "model": None}
+    assert latest_snapshots(db, provider="claude", account="b@x") == [snaps[2]]
 
 
 # -- legacy NULLs ------------------------------------------------------------------------
