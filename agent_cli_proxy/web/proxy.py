@@ -101,7 +101,10 @@ def _ambiguous(decoded_path: str) -> bool:
 
 
 def _read_body(request: Request, limit: int) -> bytes | None:
-    """The whole request body, or None when it is larger than *limit*."""
+    """The whole request body, or None when it is larger than *limit*.
+
+    Under ``serve`` waitress has already refused such a body (server_errors); this keeps
+    the limit when the app runs under another WSGI server."""
     if request.content_length is not None and request.content_length > limit:
         return None
     body = request.stream.read(limit + 1)
