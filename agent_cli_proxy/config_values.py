@@ -74,6 +74,16 @@ def boolean(raw: str) -> bool:
     raise ValueError("must be a boolean (true/false, yes/no, or 1/0)")
 
 
+def cpu_affinity(raw: str) -> str | int:
+    """``auto``, ``off``, or one CPU number (``3``)."""
+    word = raw.strip().lower()
+    if word in ("auto", "off"):
+        return word
+    if word.isdigit() and len(word) <= 5:
+        return int(word)
+    raise ValueError("must be auto, off, or a CPU number such as 0")
+
+
 def text(raw: str) -> str | None:
     """A plain string; blank means unset (the spec's rule for strings)."""
     return raw if raw.strip() else None

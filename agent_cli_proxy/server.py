@@ -21,6 +21,7 @@ from waitress.server import BaseWSGIServer, create_server
 from waitress.trigger import trigger as Trigger
 
 from agent_cli_proxy import __version__
+from agent_cli_proxy.affinity import pin_process
 from agent_cli_proxy.clock import SYSTEM_CLOCK
 from agent_cli_proxy.config import ConfigError, Settings, ensure_directories, load_settings
 from agent_cli_proxy.config_values import display_url
@@ -106,6 +107,9 @@ def request_stop(server: Any) -> None:
 
 def serve(settings: Settings) -> int:
     """Run in the foreground until SIGTERM/SIGINT; returns the process exit code."""
+    # First: every thread started from here on (checkpointer, loops, waitress's workers)
+    # inherits the CPU.
+    cpu = pin_process(settings.proxy_cpu_affinity)
     ensure_directories(settings)
     db = open_database(settings.db_path)
     # WAL checkpoints (page copies and fsyncs) off the request path.
@@ -139,7 +143,7 @@ def serve(settings: Settings) -> int:
         _log.info("server.listening", host=settings.proxy_host, port=port,
                   url=f"http://{settings.proxy_host}:{port}",
                   upstream=display_url(settings.cli_proxy_api_url),
-                  threads=settings.proxy_threads,
+                  threads=settings.proxy_threads, cpu=cpu,
                   db_path=settings.db_path, version=__version__)
         notify(f"READY=1\nSTATUS=serving on {settings.proxy_host}:{port}")
 
