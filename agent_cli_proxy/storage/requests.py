@@ -1,11 +1,12 @@
 """The ``request_logs`` repository: one row per proxied LLM call, from pending to final.
 
 A row is written twice, each time in one short write transaction: :func:`insert_pending`
-before the upstream call (so a crash still leaves a trace), and :func:`finalize` once the
-outcome is known, which also adds the row to ``daily_usage`` and writes its
-``cost_audit`` entry. Rows a crash left pending are closed by
-:func:`recover_stale_pending` at boot, and counted in ``daily_usage`` like any other
-finalized row (the original forgot them, spec §12.8).
+when the call starts (so a crash still leaves a trace; :func:`insert_pending_batch` for
+several calls at once), and :func:`finalize` once the outcome is known, which also adds
+the row to ``daily_usage`` and writes its ``cost_audit`` entry. A call that is over before
+its pending row was written is stored once, final, by :func:`insert_final`. Rows a crash
+left pending are closed by :func:`recover_stale_pending` at boot, and counted in
+``daily_usage`` like any other finalized row (the original forgot them, spec §12.8).
 
 Timestamps are ISO-8601 UTC strings with milliseconds and ``Z``, as the original wrote
 them: its admin API and day bucketing (``substr(started_at, 1, 10)``) rely on that.
@@ -14,6 +15,7 @@ Callers pass times in; nothing here reads the clock, so tests only mock time.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -100,24 +102,45 @@ class PendingRow:
 def insert_pending(db: Database, row: PendingRow) -> int:
     """Insert the row as lifecycle ``pending`` / cost ``unresolved``; return its id."""
     with db.write() as conn:
-        cur = conn.execute(
-            """
-            INSERT INTO request_logs (
-              provider, model, requested_model, tool, client_id, path, streamed,
-              prompt_tokens, completion_tokens, cache_creation_tokens, cache_read_tokens,
-              reasoning_tokens, cache_creation_1h_tokens, total_tokens, cost_usd,
-              incomplete, started_at, request_id, meta_json, user_agent, source_ip,
-              lifecycle_status, cost_status, agent, source, msg_id, session_id,
-              identify_rule, proxy_api_key_id, actual_provider
-            ) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0, 0, 0, 0, 0, 0, ?, ?, ?, ?, ?,
-                      'pending', 'unresolved', ?, 'proxy', ?, ?, ?, ?, ?)
-            """,
-            (row.provider, row.model, row.requested_model, row.tool, row.client_id,
-             row.path, int(row.streamed), row.started_at, row.request_id, row.meta_json,
-             row.user_agent, row.source_ip, row.agent, row.msg_id, row.session_id,
-             row.identify_rule, row.proxy_api_key_id, row.actual_provider),
-        )
-        row_id = cur.lastrowid
+        return _insert_pending(conn, row)
+
+
+def insert_pending_batch(db: Database, rows: list[PendingRow]) -> list[int]:
+    """:func:`insert_pending` for several rows in one transaction (one commit); their ids
+    in order. All or none: on an error nothing is written."""
+    with db.write() as conn:
+        return [_insert_pending(conn, row) for row in rows]
+
+
+def insert_final(db: Database, row: PendingRow, fin: Finalization) -> int:
+    """A call that ended before its pending row was written: the row, its finalization,
+    daily_usage and cost audit in one transaction (the pending state is never committed).
+    Returns the row's id."""
+    with db.write() as conn:
+        row_id = _insert_pending(conn, row)
+        _finalize_in(conn, row_id, fin)
+    return row_id
+
+
+def _insert_pending(conn: sqlite3.Connection, row: PendingRow) -> int:
+    cur = conn.execute(
+        """
+        INSERT INTO request_logs (
+          provider, model, requested_model, tool, client_id, path, streamed,
+          prompt_tokens, completion_tokens, cache_creation_tokens, cache_read_tokens,
+          reasoning_tokens, cache_creation_1h_tokens, total_tokens, cost_usd,
+          incomplete, started_at, request_id, meta_json, user_agent, source_ip,
+          lifecycle_status, cost_status, agent, source, msg_id, session_id,
+          identify_rule, proxy_api_key_id, actual_provider
+        ) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0, 0, 0, 0, 0, 0, ?, ?, ?, ?, ?,
+                  'pending', 'unresolved', ?, 'proxy', ?, ?, ?, ?, ?)
+        """,
+        (row.provider, row.model, row.requested_model, row.tool, row.client_id,
+         row.path, int(row.streamed), row.started_at, row.request_id, row.meta_json,
+         row.user_agent, row.source_ip, row.agent, row.msg_id, row.session_id,
+         row.identify_rule, row.proxy_api_key_id, row.actual_provider),
+    )
+    row_id = cur.lastrowid
     assert row_id is not None
     return row_id
 
@@ -204,6 +227,11 @@ def finalize(db: Database, row_id: int, fin: Finalization) -> bool:
     One transaction. Returns False, writing nothing, if the row is not pending (already
     finalized by another path, or recovered): a request is finalized at most once.
     """
+    with db.write() as conn:
+        return _finalize_in(conn, row_id, fin)
+
+
+def _finalize_in(conn: sqlite3.Connection, row_id: int, fin: Finalization) -> bool:
     u = fin.usage
     params: dict[str, Any] = {
         "id": row_id,
@@ -229,21 +257,20 @@ def finalize(db: Database, row_id: int, fin: Finalization) -> bool:
         "upstream_status": fin.upstream_status,
         "upstream_latency_ms": fin.upstream_latency_ms,
     }
-    with db.write() as conn:
-        # RETURNING hands back what was stored (the model may be the pending row's), so
-        # daily_usage adds and the audit records exactly the row's values without reading
-        # the row again.
-        stored = conn.execute(_FINALIZE_SQL, params).fetchall()
-        if not stored:
-            return False
-        (day, provider, model, *sums, cost_usd), = stored
-        daily_usage.add_one(conn, day, provider, model, tuple(sums), cost_usd)
-        # Finalize always moves cost_status away from 'unresolved', so per spec §6.6 it
-        # always writes an audit row.
-        conn.execute(_AUDIT_SQL, (
-            row_id, model, provider, fin.cost_source or audit_source(fin.cost_status), cost_usd,
-            _sqlite_timestamp(fin.finished_at), fin.cost_rule, fin.cost_price_key,
-            fin.cost_detail_json))
+    # RETURNING hands back what was stored (the model may be the pending row's), so
+    # daily_usage adds and the audit records exactly the row's values without reading
+    # the row again.
+    stored = conn.execute(_FINALIZE_SQL, params).fetchall()
+    if not stored:
+        return False
+    (day, provider, model, *sums, cost_usd), = stored
+    daily_usage.add_one(conn, day, provider, model, tuple(sums), cost_usd)
+    # Finalize always moves cost_status away from 'unresolved', so per spec §6.6 it
+    # always writes an audit row.
+    conn.execute(_AUDIT_SQL, (
+        row_id, model, provider, fin.cost_source or audit_source(fin.cost_status), cost_usd,
+        _sqlite_timestamp(fin.finished_at), fin.cost_rule, fin.cost_price_key,
+        fin.cost_detail_json))
     return True
 
 

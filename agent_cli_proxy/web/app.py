@@ -181,4 +181,6 @@ class ProxyApp:
     def close(self) -> None:
         self.services.loops.stop()
         self.services.watcher.close()
+        if self.services.pending_rows is not None:
+            self.services.pending_rows.close()  # what is queued is written first
         self.services.client.close()

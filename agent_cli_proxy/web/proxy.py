@@ -2,8 +2,9 @@
 
 Flow (DESIGN.md "How one streamed request flows"): client key → bounded body read → is it
 an LLM call? → which upstream (:mod:`agent_cli_proxy.web.routing`) → who is calling →
-pending row → upstream request → relay whose ``close()`` finalizes the row. Calls that are
-not LLM calls (``GET /v1/models``, ``count_tokens`` …) take the same path without a row.
+pending row (handed to the writer thread) → upstream request → relay whose ``close()``
+finalizes the row. Calls that are not LLM calls (``GET /v1/models``, ``count_tokens`` …)
+take the same path without a row.
 """
 
 from __future__ import annotations
@@ -329,13 +330,18 @@ def _send_and_relay(services: ProxyServices, request: Request, call: LLMCall | N
 
 def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
                      path: str, key_id: int | None, upstream_id: str) -> CallRecorder:
-    """Identify the caller and write the pending row (before the upstream is asked)."""
+    """Identify the caller and start its row (see recorder: the pending row is written
+    beside the call, not before it)."""
     headers = HeaderView(request.environ)  # identification asks for dozens of headers
     # Only CLIProxyAPI's trace header names one of its accounts; a custom provider's
     # answer is never attributed to one.
     recorder = CallRecorder(services.db, services.clock, lambda: services.pricing.table,
                             services.metrics, call, path,
-                            accounts=services.accounts if upstream_id == UPSTREAM_ID else None)
+                            accounts=services.accounts if upstream_id == UPSTREAM_ID else None,
+                            # With client keys a call is never served unrecorded: its
+                            # pending row is committed before the upstream is asked.
+                            pending_rows=(None if services.settings.proxy_require_api_key
+                                          else services.pending_rows))
     keys = api_keys.presented_keys(request)
     identity = identify(headers, api_key=keys[0] if keys else None,
                         client_name_mapping=services.settings.client_name_mapping)

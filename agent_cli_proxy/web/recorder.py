@@ -1,5 +1,10 @@
-"""The life of one recorded LLM call: a ``pending`` row before the upstream is asked, and
-exactly one finalization (``completed``, ``error`` or ``aborted``) when it ends.
+"""The life of one recorded LLM call: a ``pending`` row when it starts, and exactly one
+finalization (``completed``, ``error`` or ``aborted``) when it ends.
+
+The pending row goes to the app's :class:`PendingWriter` and the call goes on without
+waiting for its commit; a call that ends before that row is written is stored once,
+final. Without a writer (and with PROXY_REQUIRE_API_KEY, where a call must never be
+served unrecorded) the pending row is committed before the upstream is asked.
 
 Recording must never stand between a client and its answer: a failed insert is logged and
 the call is proxied without a row; a failed finalization is logged and left to the
@@ -23,10 +28,12 @@ from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.providers.routes import LLMCall
 from agent_cli_proxy.proxy_metrics import ProxyMetrics
 from agent_cli_proxy.storage.database import Database
+from agent_cli_proxy.storage.pending_writer import PendingTicket, PendingWriter
 from agent_cli_proxy.storage.requests import (
     Finalization,
     PendingRow,
     finalize,
+    insert_final,
     insert_pending,
     iso_utc,
 )
@@ -56,8 +63,11 @@ class CallRecorder:
 
     def __init__(self, db: Database, clock: Clock, prices: Callable[[], PriceTable],
                  metrics: ProxyMetrics, call: LLMCall, path: str, *,
-                 accounts: TraceSink | None = None) -> None:
+                 accounts: TraceSink | None = None,
+                 pending_rows: PendingWriter | None = None) -> None:
         self._db = db
+        self._pending_rows = pending_rows
+        self._ticket: PendingTicket | None = None
         self._clock = clock
         self._prices = prices
         self._metrics = metrics
@@ -79,8 +89,9 @@ class CallRecorder:
     def start(self, identity: Identity, *, method: str, user_agent: str | None,
               source_ip: str | None, msg_id: str | None, originator: str | None,
               api_key_id: int | None = None, actual_provider: str | None = None) -> None:
-        """Write the pending row. *actual_provider*: the upstream serving the call
-        (``cliproxyapi`` or a custom provider's id)."""
+        """Write the pending row (hand it to the writer, when there is one).
+        *actual_provider*: the upstream serving the call (``cliproxyapi`` or a custom
+        provider's id)."""
         meta = {"method": method, "originator": originator, "session_id": identity.session_id,
                 "tool_version": identity.tool_version}
         self._tool = identity.tool
@@ -104,6 +115,9 @@ class CallRecorder:
             proxy_api_key_id=api_key_id,
             actual_provider=actual_provider,
         )
+        if self._pending_rows is not None:
+            self._ticket = self._pending_rows.submit(row)
+            return
         try:
             self.row_id = insert_pending(self._db, row)
         except Exception:
@@ -195,7 +209,7 @@ class CallRecorder:
         upstream_end = self._clock.monotonic()
         cost = self._price(model or self.call.requested_model, usage)
         try:
-            if self.row_id is not None:
+            if self.row_id is not None or self._ticket is not None:
                 self._write(lifecycle, status, code, message, usage=usage, model=model,
                             upstream_status=upstream_status, streamed=streamed, cost=cost)
         finally:
@@ -212,7 +226,6 @@ class CallRecorder:
     def _write(self, lifecycle: str, status: int, code: str | None, message: str | None, *,
                usage: Usage, model: str | None, upstream_status: int | None,
                streamed: bool | None, cost: CostResult) -> None:
-        assert self.row_id is not None
         fin = Finalization(
             lifecycle_status=lifecycle,
             status=status,
@@ -233,7 +246,16 @@ class CallRecorder:
             cost_detail_json=_COMPACT_JSON.encode(cost.detail),
         )
         try:
-            updated = finalize(self._db, self.row_id, fin)
+            if self._ticket is not None and self._ticket.take():
+                # Over before its pending row was written: stored once, final.
+                self.row_id = insert_final(self._db, self._ticket.row, fin)
+                updated = True
+            else:
+                if self._ticket is not None:
+                    self.row_id = self._ticket.wait()
+                if self.row_id is None:
+                    return  # the pending row could not be written (logged then)
+                updated = finalize(self._db, self.row_id, fin)
         except Exception:
             _log.exception("lifecycle.finalize_failed", request_id=self.request_id,
                            row_id=self.row_id)

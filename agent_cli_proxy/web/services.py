@@ -14,6 +14,7 @@ from agent_cli_proxy.config import Settings
 from agent_cli_proxy.providers.custom_config import ProviderSet
 from agent_cli_proxy.proxy_metrics import ProxyMetrics
 from agent_cli_proxy.storage.database import Database
+from agent_cli_proxy.storage.pending_writer import PendingWriter
 from agent_cli_proxy.upstream.breaker import Breakers
 from agent_cli_proxy.upstream.client import UpstreamClient
 from agent_cli_proxy.upstream.cpa_headers import Trace
@@ -83,3 +84,6 @@ class ProxyServices:
     # attribution (CLIPROXY_MGMT_KEY) and quota snapshots (that key or CLIPROXY_AUTH_DIR).
     accounts: Attribution | None = None
     quotas: QuotaSource | None = None
+    # Writes calls' pending rows off their path (set by the composition root); without
+    # one, each call commits its own before the upstream is asked.
+    pending_rows: PendingWriter | None = None

@@ -9,11 +9,18 @@ from pathlib import Path
 from agent_cli_proxy.storage.instance_lock import acquire_instance_lock
 from tests import wire
 from tests.cli.test_shutdown import open_stream, serving
+from tests.conftest import wait_until
 from tests.fake_upstream import FakeUpstream, Script
 
 
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "data" / "agent-cli-proxy" / "proxy.db"
+
+
+def statuses_now(tmp_path: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(db_path(tmp_path))) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT lifecycle_status FROM request_logs ORDER BY id")]
 
 
 def test_orphans_of_a_killed_proxy_are_recovered_at_the_next_start(
@@ -29,14 +36,13 @@ def test_orphans_of_a_killed_proxy_are_recovered_at_the_next_start(
         for _ in range(2):  # two streams open when the process dies
             conn, resp = open_stream(port)
             resp.read1(65536)
+        # Pending rows are written beside their calls, a moment after they start.
+        wait_until(lambda: len(statuses_now(tmp_path)) == 3, what="the pending rows")
         proc.kill()
         proc.wait(timeout=30)
     for script in scripts:
         script.release.set()
-    with contextlib.closing(sqlite3.connect(db_path(tmp_path))) as conn:
-        statuses = [r[0] for r in conn.execute(
-            "SELECT lifecycle_status FROM request_logs ORDER BY id")]
-    assert statuses == ["completed", "pending", "pending"]
+    assert statuses_now(tmp_path) == ["completed", "pending", "pending"]
 
     with serving(tmp_path, upstream) as (proc, _port):  # the restart
         proc.terminate()

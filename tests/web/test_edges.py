@@ -86,7 +86,8 @@ def test_client_leaving_before_headers_closes_the_upstream(proxy: RunningProxy,
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
         conn.request("POST", "/v1/messages", body=b'{"model":"claude-haiku-4-5"}')
         wait_until(lambda: upstream.requests, what="the upstream request")
-        assert proxy.rows()[0]["lifecycle_status"] == "pending"
+        # Written beside the call, a moment after it starts.
+        assert wait_until(proxy.rows)[0]["lifecycle_status"] == "pending"
         conn.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
         conn.close()
         # A non-streaming call does all its work before the headers: stop it now.

@@ -5,13 +5,14 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import sqlite3
 import threading
 from urllib.parse import urlsplit
 
 import pytest
 
 from tests import wire
-from tests.conftest import RunningProxy, start_proxy
+from tests.conftest import RunningProxy, start_proxy, wait_until
 from tests.fake_upstream import FakeUpstream, Script
 
 STREAM_REQUEST = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True,
@@ -51,7 +52,7 @@ def test_each_piece_reaches_the_client_while_upstream_is_still_sending(
         assert resp.status == 200
         # The upstream is paused after its first event; the client must already have it.
         first = read_until(resp, canned.pieces[0])
-        assert proxy.rows()[0]["lifecycle_status"] == "pending"
+        assert wait_until(proxy.rows)[0]["lifecycle_status"] == "pending"
         script.release.set()
         rest = resp.read()
     finally:
@@ -60,6 +61,30 @@ def test_each_piece_reaches_the_client_while_upstream_is_still_sending(
     (row,) = proxy.final_rows()
     assert row["lifecycle_status"] == "completed"
     assert row["completion_tokens"] == 42
+
+
+def test_a_locked_database_does_not_hold_back_the_answer(
+        proxy: RunningProxy, upstream: FakeUpstream) -> None:
+    """Another process holding SQLite's write lock (a long CLI job) delays the call's
+    rows, not its answer: every event reaches the client while the lock is held, and the
+    row is complete once the lock is released."""
+    canned = wire.messages_stream()
+    upstream.script(Script(content_type=canned.content_type, pieces=canned.pieces))
+    other = sqlite3.connect(proxy.settings.db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        conn, resp = open_stream(proxy)
+        assert resp.status == 200
+        read_until(resp, canned.body)
+        assert proxy.rows() == []  # nothing could be written yet
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert resp.read() == b""  # the stream's end follows its row
+    conn.close()
+    (row,) = proxy.final_rows()
+    assert (row["lifecycle_status"], row["total_tokens"]) == (
+        "completed", canned.usage.total_tokens)
 
 
 def test_client_hang_up_closes_upstream_and_records_aborted_with_tokens_so_far(
