@@ -9,8 +9,10 @@ pinned to one, and 500 -> 700 calls/s (docs/benchmarks.md). The other CPUs stay 
 the upstream, the clients and the kernel's network work.
 
 ``auto`` pins to the CPU the process is running on when it starts, so two proxies on
-one machine usually land on different CPUs; a number pins to that CPU. Linux only (the
-call exists nowhere else); elsewhere ``auto`` does nothing.
+one machine usually land on different CPUs; a number pins to that CPU. With several
+workers (PROXY_WORKERS) each gets its own CPU, the next ones after the first, round the
+set it may use. Linux only (the call exists nowhere else); elsewhere ``auto`` does
+nothing.
 """
 
 from __future__ import annotations
@@ -47,30 +49,45 @@ def _threads() -> list[int]:
         return [0]  # 0: the calling thread
 
 
-def pin_process(setting: str | int) -> int | None:
-    """Apply *setting* to every thread of this process (threads started later inherit
-    it); return the CPU pinned to, or None when nothing was pinned.
+def plan_cpus(setting: str | int, workers: int = 1) -> list[int | None]:
+    """The CPU of each of *workers* processes (None: not pinned): the first on the CPU the
+    setting names (``auto``: the one this process runs on), the next ones on the CPUs
+    after it, round the set this process may use.
 
     Raises ConfigError for a CPU number this process may not run on.
     """
     if setting == "off" or not hasattr(os, "sched_setaffinity"):
         if isinstance(setting, int):
             raise ConfigError([ConfigIssue(SETTING, "CPU affinity is not supported here")])
-        return None
+        return [None] * workers
     allowed = sorted(os.sched_getaffinity(0))
     if isinstance(setting, int):
         if setting not in allowed:
             listed = ", ".join(str(cpu) for cpu in allowed)
             raise ConfigError([ConfigIssue(
                 SETTING, f"CPU {setting} is not one this process may run on ({listed})")])
-        cpu = setting
+        first = setting
     else:
         if len(allowed) < 2:
-            return None  # already on one CPU (a container, a unit's CPUAffinity=)
+            return [None] * workers  # already on one CPU (a container, CPUAffinity=)
         current = _current_cpu()
-        cpu = current if current in allowed else allowed[0]
+        first = current if current in allowed else allowed[0]
+    start = allowed.index(first)
+    return [allowed[(start + i) % len(allowed)] for i in range(workers)]
+
+
+def pin_threads(cpu: int | None) -> None:
+    """Put every thread of this process on *cpu* (threads started later inherit it)."""
+    if cpu is None:
+        return
     for tid in _threads():
         # OSError: the thread ended meanwhile.
         with contextlib.suppress(OSError):
             os.sched_setaffinity(tid, {cpu})
+
+
+def pin_process(setting: str | int) -> int | None:
+    """Apply *setting* to this single process; return the CPU pinned to, or None."""
+    cpu = plan_cpus(setting)[0]
+    pin_threads(cpu)
     return cpu

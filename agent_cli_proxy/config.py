@@ -238,10 +238,15 @@ FIELDS: tuple[Field, ...] = (
           "Worker threads. An open stream holds one for its whole life, so this bounds "
           "concurrent streams; idle threads are cheap (waitress's default of 4 is not enough).",
           SERVER),
+    Field("PROXY_WORKERS", 1, integer(1, 64),
+          "Server processes sharing the port and the database. The first serves the admin "
+          "API, metrics and background work; the others only LLM calls. One is plenty for a "
+          "few coding agents; one per CPU for hundreds of calls a second.", SERVER),
     Field("PROXY_CPU_AFFINITY", "auto", cpu_affinity,
-          "Keep the server on one CPU: auto (the one it starts on, when it may use several), "
-          "off, or a CPU number. Its threads share one interpreter lock, and handing that lock "
-          "between CPUs cost about a third of the CPU time per call.", SERVER),
+          "Keep each server process on one CPU: auto (the one it starts on, the next ones for "
+          "more workers, when it may use several), off, or a CPU number. Its threads share one "
+          "interpreter lock, and handing that lock between CPUs cost about a third of the CPU "
+          "time per call.", SERVER),
     Field("SHUTDOWN_DRAIN_MS", 10_000, milliseconds,
           "On SIGTERM/SIGINT, how long open requests and streams may finish before they are "
           "cut and recorded aborted (10 s, as the original).", SERVER),
@@ -373,6 +378,7 @@ class Settings:
     proxy_host: str
     proxy_port: int
     proxy_threads: int
+    proxy_workers: int
     proxy_cpu_affinity: str | int
     shutdown_drain_ms: int
     max_response_body_bytes: int

@@ -46,6 +46,15 @@ def redact(value: Any, _depth: int = 0) -> Any:
     return value
 
 
+_worker: list[int] = []  # this process's worker index, with PROXY_WORKERS > 1
+
+
+def set_worker(index: int) -> None:
+    """Name this server worker in every line it logs (``"worker": index``): with several
+    workers their lines interleave in one journal."""
+    _worker[:] = [index]
+
+
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
@@ -58,6 +67,8 @@ class _JsonFormatter(logging.Formatter):
             "event": getattr(record, "event", None) or record.getMessage(),
             "component": record.name.removeprefix(_ROOT + ".") or _ROOT,
         }
+        if _worker:
+            line["worker"] = _worker[0]
         fields = getattr(record, "fields", None)
         if fields:
             line.update(redact(fields))
@@ -73,6 +84,8 @@ class _PrettyFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         event = getattr(record, "event", None) or record.getMessage()
         parts = [_iso(record.created), record.levelname, event]
+        if _worker:
+            parts.append(f"worker={_worker[0]}")
         for key, value in redact(getattr(record, "fields", None) or {}).items():
             text = value if isinstance(value, str) and " " not in value else json.dumps(
                 value, default=str, ensure_ascii=False)

@@ -160,6 +160,28 @@ class Metric(Generic[S]):
     def sample_names(self) -> tuple[str, ...]:
         return (self.name,)
 
+    def export(self) -> dict[str, Any]:
+        """Every series and the fold count as JSON-able data, for another process to
+        :meth:`absorb` (several server processes, one ``/metrics``)."""
+        with self._lock:
+            series = [[list(k), self._export_series(v)] for k, v in self._series.items()]
+            return {"series": series, "folded": self._folded}
+
+    def absorb(self, exported: dict[str, Any]) -> None:
+        """Add another process's :meth:`export` of this family into this one."""
+        with self._lock:
+            for labels, value in exported.get("series", ()):
+                values = tuple(str(v) for v in labels)
+                if len(values) == len(self.labelnames):
+                    self._absorb_series(self._series_for(values), value)
+            self._folded += int(exported.get("folded", 0))
+
+    def _export_series(self, series: S) -> Any:
+        raise NotImplementedError
+
+    def _absorb_series(self, series: S, value: Any) -> None:
+        raise NotImplementedError
+
     def render(self) -> list[str]:
         """``# HELP``, ``# TYPE`` and every sample line of this family, sorted by labels."""
         lines = [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
@@ -182,6 +204,17 @@ class _Scalar(Metric[list[float]]):
         with self._lock:
             series = self._series.get(values)
             return series[0] if series is not None else 0.0
+
+    merge_max: bool = False
+    """How :meth:`absorb` combines two processes' values: add them (counters, a gauge of
+    things in flight) or keep the larger (a gauge of a maximum, or of a fact like ``up``)."""
+
+    def _export_series(self, series: list[float]) -> Any:
+        return series[0]
+
+    def _absorb_series(self, series: list[float], value: Any) -> None:
+        number = float(value)
+        series[0] = max(series[0], number) if self.merge_max else series[0] + number
 
     def _sample_lines(self) -> list[str]:
         with self._lock:
@@ -209,9 +242,16 @@ class Counter(_Scalar):
 
 
 class Gauge(_Scalar):
-    """A value that goes up and down."""
+    """A value that goes up and down. Several processes' values are combined by keeping
+    the largest (``summed=True``: by adding them, for counts of things in progress)."""
 
     kind = "gauge"
+
+    def __init__(self, name: str, help: str, labelnames: Sequence[str] = (), *,
+                 max_series: int = DEFAULT_MAX_SERIES, fold: Sequence[str] | None = None,
+                 summed: bool = False) -> None:
+        super().__init__(name, help, labelnames, max_series=max_series, fold=fold)
+        self.merge_max = not summed
 
     def set(self, value: float, labels: Sequence[str] = ()) -> None:
         values = self._values(labels)
@@ -298,6 +338,15 @@ class Histogram(Metric[_HistogramSeries]):
     def sample_names(self) -> tuple[str, ...]:
         return tuple(self.name + suffix for suffix in _HISTOGRAM_SUFFIXES)
 
+    def _export_series(self, series: _HistogramSeries) -> Any:
+        return [list(series.counts), series.sum]
+
+    def _absorb_series(self, series: _HistogramSeries, value: Any) -> None:
+        counts, total = value
+        if len(counts) == len(series.counts):  # the same buckets (the same version)
+            series.counts = [a + int(b) for a, b in zip(series.counts, counts, strict=True)]
+            series.sum += float(total)
+
     def _sample_lines(self) -> list[str]:
         with self._lock:
             snapshot = [(k, list(s.counts), s.sum) for k, s in self._series.items()]
@@ -345,8 +394,10 @@ class Registry:
         return self.register(Counter(name, help, labelnames, max_series=max_series, fold=fold))
 
     def gauge(self, name: str, help: str, labelnames: Sequence[str] = (), *,
-              max_series: int = DEFAULT_MAX_SERIES, fold: Sequence[str] | None = None) -> Gauge:
-        return self.register(Gauge(name, help, labelnames, max_series=max_series, fold=fold))
+              max_series: int = DEFAULT_MAX_SERIES, fold: Sequence[str] | None = None,
+              summed: bool = False) -> Gauge:
+        return self.register(Gauge(name, help, labelnames, max_series=max_series, fold=fold,
+                                   summed=summed))
 
     def histogram(self, name: str, help: str, labelnames: Sequence[str] = (), *,
                   buckets: Sequence[float], max_series: int = DEFAULT_MAX_SERIES,
@@ -357,6 +408,19 @@ class Registry:
     def metrics(self) -> list[Metric[Any]]:
         with self._lock:
             return list(self._metrics.values())
+
+    def export(self) -> dict[str, Any]:
+        """Every family's :meth:`Metric.export`, by name."""
+        return {metric.name: metric.export() for metric in self.metrics()}
+
+    def absorb(self, exported: dict[str, Any]) -> None:
+        """Add another process's :meth:`export` in; families this one lacks are skipped."""
+        with self._lock:
+            families = dict(self._metrics)
+        for name, data in exported.items():
+            family = families.get(name)
+            if family is not None and isinstance(data, dict):
+                family.absorb(data)
 
     def render(self, extra: Iterable[Metric[Any]] = ()) -> str:
         """The exposition text of every registered family, then *extra* (families built for

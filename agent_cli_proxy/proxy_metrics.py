@@ -93,7 +93,7 @@ class ProxyMetrics:
         self.cost = r.counter(PREFIX + "cost_usd_total", "Cost of recorded LLM calls in USD.",
                               ("provider", "model", "tool"), max_series=max_series, fold=client)
         self.in_flight = r.gauge(PREFIX + "in_flight_requests",
-                                 "LLM calls started and not yet finished.")
+                                 "LLM calls started and not yet finished.", summed=True)
         self.duration = r.histogram(
             PREFIX + "request_duration_seconds", "Whole LLM call, stream included, seconds.",
             ("provider", "streamed"), buckets=DURATION_BUCKETS_S, max_series=max_series)
@@ -119,6 +119,15 @@ class ProxyMetrics:
         self.ready_duration_max = r.gauge(
             PREFIX + "ready_check_duration_ms_max", "Longest readiness check, milliseconds.",
             ("status",), max_series=max_series)
+
+    def merged(self, others: Iterable[Mapping[str, Any]]) -> ProxyMetrics:
+        """A copy of these instruments with other processes' exports
+        (``registry.export()``) added in: what ``/metrics`` shows for several workers."""
+        combined = ProxyMetrics(max_series=self.max_series)
+        combined.registry.absorb(self.registry.export())
+        for exported in others:
+            combined.registry.absorb(dict(exported))
+        return combined
 
     # -- request path ------------------------------------------------------------------------
 

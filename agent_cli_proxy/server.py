@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.sdnotify import notify
 from agent_cli_proxy.server_channel import ProxyChannel
 from agent_cli_proxy.storage.database import Database, open_database
-from agent_cli_proxy.storage.instance_lock import acquire_instance_lock
+from agent_cli_proxy.storage.instance_lock import InstanceLock, acquire_instance_lock
 from agent_cli_proxy.storage.requests import recover_stale_pending
 from agent_cli_proxy.web.app import ProxyApp
 from agent_cli_proxy.wsgi import create_app
@@ -39,12 +40,15 @@ STOP_TIMEOUT_S = 5.0
 
 
 def make_server(app: ProxyApp, settings: Settings, *, host: str | None = None,
-                port: int | None = None) -> Any:
-    """A waitress server bound (not yet running) for *app*; port 0 picks a free port."""
+                port: int | None = None, sockets: list[socket.socket] | None = None) -> Any:
+    """A waitress server bound (not yet running) for *app*; port 0 picks a free port.
+    *sockets*: listen on these, already bound (several workers share them), instead."""
+    where: dict[str, Any] = {"sockets": sockets} if sockets else {
+        "host": settings.proxy_host if host is None else host,
+        "port": settings.proxy_port if port is None else port}
     server = create_server(
         app,
-        host=settings.proxy_host if host is None else host,
-        port=settings.proxy_port if port is None else port,
+        **where,
         threads=settings.proxy_threads,
         # Connections beyond the thread count wait in waitress's queue instead of being
         # refused; keep room for every stream plus idle keep-alive connections.
@@ -107,36 +111,20 @@ def request_stop(server: Any) -> None:
 
 def serve(settings: Settings) -> int:
     """Run in the foreground until SIGTERM/SIGINT; returns the process exit code."""
+    if settings.proxy_workers > 1:
+        from agent_cli_proxy.server_workers import serve_workers
+
+        return serve_workers(settings)
     # First: every thread started from here on (checkpointer, loops, waitress's workers)
     # inherits the CPU.
     cpu = pin_process(settings.proxy_cpu_affinity)
-    ensure_directories(settings)
+    lock = prepare_storage(settings)
     db = open_database(settings.db_path)
     # WAL checkpoints (page copies and fsyncs) off the request path.
     db.start_checkpointer()
-    lock = acquire_instance_lock(settings.db_path)
-    if lock is None:
-        _log.warning("storage.shared_database", db_path=settings.db_path,
-                     note="another proxy serves this database; only pending rows older "
-                          "than STALE_PENDING_MAX_AGE_MS are recovered")
-    # Alone on the database, every pending row was left by a process that died.
-    max_age_ms = 0 if lock is not None else settings.stale_pending_max_age_ms
-    recover_stale_pending(db, max_age_ms, int(SYSTEM_CLOCK.time() * 1000) + 1)
     app = create_app(settings, db, reload_settings=lambda: _reread(settings))
     server = make_server(app, settings)
-    # What start-up made (modules, settings, the price table: tens of thousands of objects)
-    # lives as long as the process: out of the cyclic collector's sight, its full
-    # collections no longer walk all of it (about 10 ms each, a pause for every call in
-    # flight).
-    gc.collect()
-    gc.freeze()
-    app.start_background()
-    providers = app.services.providers.current
-    for warning in (*settings.warnings, *providers.warnings):
-        _log.warning("config.warning", message=warning)
-    if providers.providers:
-        _log.info("providers.loaded", source=providers.source, path=providers.path,
-                  providers=[p.id for p in providers.providers])
+    start_app(app, settings)
     port = int(server.effective_port)  # waitress reports it as text
 
     def announce() -> None:
@@ -152,6 +140,45 @@ def serve(settings: Settings) -> int:
     finally:
         if lock is not None:
             lock.release()
+
+
+def prepare_storage(settings: Settings) -> InstanceLock | None:
+    """Create the directories, migrate the database, take the instance lock (None when
+    another proxy holds it) and close the rows a dead process left pending."""
+    ensure_directories(settings)
+    db = open_database(settings.db_path)
+    try:
+        lock = acquire_instance_lock(settings.db_path)
+        if lock is None:
+            _log.warning("storage.shared_database", db_path=settings.db_path,
+                         note="another proxy serves this database; only pending rows older "
+                              "than STALE_PENDING_MAX_AGE_MS are recovered")
+        # Alone on the database, every pending row was left by a process that died.
+        max_age_ms = 0 if lock is not None else settings.stale_pending_max_age_ms
+        recover_stale_pending(db, max_age_ms, int(SYSTEM_CLOCK.time() * 1000) + 1)
+    finally:
+        db.close()
+    return lock
+
+
+def start_app(app: ProxyApp, settings: Settings, *, quiet: bool = False) -> None:
+    """Freeze start-up's objects, start the background loops, log the configuration's
+    warnings (unless *quiet*: another worker logs them)."""
+    # What start-up made (modules, settings, the price table: tens of thousands of objects)
+    # lives as long as the process: out of the cyclic collector's sight, its full
+    # collections no longer walk all of it (about 10 ms each, a pause for every call in
+    # flight).
+    gc.collect()
+    gc.freeze()
+    app.start_background()
+    if quiet:
+        return
+    providers = app.services.providers.current
+    for warning in (*settings.warnings, *providers.warnings):
+        _log.warning("config.warning", message=warning)
+    if providers.providers:
+        _log.info("providers.loaded", source=providers.source, path=providers.path,
+                  providers=[p.id for p in providers.providers])
 
 
 def _reread(settings: Settings) -> Settings:
@@ -188,7 +215,8 @@ def _busy(server: Any) -> bool:
 
 
 def run_until_stopped(server: Any, app: ProxyApp, db: Database,
-                      on_ready: Callable[[], None] | None = None) -> int:
+                      on_ready: Callable[[], None] | None = None,
+                      on_stop: Callable[[], None] | None = None) -> int:
     """Serve until a stop signal, then drain and unwind.
 
     On the signal: stop accepting connections, let open requests and streams finish for
@@ -215,6 +243,8 @@ def run_until_stopped(server: Any, app: ProxyApp, db: Database,
         if received:
             return
         received.append(signum)
+        if on_stop is not None:
+            on_stop()  # other workers start draining too
         notify("STOPPING=1")
         _log.info("shutdown.signal", signal=signal.Signals(signum).name, drain_ms=round(
             drain_s * 1000))

@@ -4,6 +4,7 @@ Prometheus text exposition format 0.0.4 (written here, so the tests need no clie
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
@@ -617,3 +618,28 @@ def test_label_values_that_cannot_be_encoded_never_break_rendering() -> None:
     text = registry.render()
     text.encode("utf-8")  # would raise with a lone surrogate left in
     assert 'demo_total{model="?bad"} 1' in text
+
+
+def test_several_processes_counts_add_up_and_maxima_stay_maxima() -> None:
+    """What /metrics shows for several workers: each one's export absorbed into one."""
+    first, second = ProxyMetrics(), ProxyMetrics()
+    for metrics, duration in ((first, 0.2), (second, 3.0), (second, 0.05)):
+        metrics.request_started()
+        metrics.request_finished(provider="anthropic", model="claude-x", tool="claude-code",
+                                 status=200, lifecycle="completed", streamed=True,
+                                 duration_s=duration, upstream_s=duration / 2, ttfb_s=0.01,
+                                 usage_tokens={"prompt": 10, "completion": 5}, cost_usd=0.5)
+    second.request_started()  # one still in flight over there
+    merged = first.merged([json.loads(json.dumps(second.registry.export()))])
+    labels = ("anthropic", "claude-x", "claude-code", "200", "completed")
+    assert merged.requests.value(labels) == 3
+    assert merged.tokens.value(("anthropic", "claude-x", "claude-code", "prompt")) == 30
+    assert merged.cost.value(("anthropic", "claude-x", "claude-code")) == 1.5
+    assert merged.in_flight.value() == 1  # summed
+    assert merged.up.value() == 1  # a fact, not a count: not 2
+    legacy = ("anthropic", "200", "completed", "true")
+    assert merged.legacy_duration_max.value(legacy) == 3000  # the largest, not the sum
+    counts, total = merged.duration.snapshot(("anthropic", "true"))
+    assert counts[-1] == 3 and total == pytest.approx(3.25)
+    # The originals are untouched.
+    assert first.requests.value(labels) == 1 and second.requests.value(labels) == 2

@@ -299,6 +299,13 @@ class Database:
                 name="sqlite-checkpoints", daemon=True)
             self._checkpointer.start()
 
+    def defer_checkpoints(self) -> None:
+        """Leave WAL checkpoints to another process's :meth:`start_checkpointer` (the first
+        of several server workers), past :data:`BACKGROUND_AUTOCHECKPOINT_PAGES` too."""
+        with self._write_lock:
+            conn = self._require_open(self._writer)
+            conn.execute(f"PRAGMA wal_autocheckpoint={BACKGROUND_AUTOCHECKPOINT_PAGES}")
+
     def _checkpoint_loop(self, conn: sqlite3.Connection, interval_s: float) -> None:
         failing = False
         try:

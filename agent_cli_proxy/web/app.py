@@ -34,6 +34,9 @@ from agent_cli_proxy.web.services import ProxyServices
 
 _log = get_logger("web")
 _MAX_REMEMBERED_PATHS = 512
+# Served by whichever worker took the connection; with several workers every other route
+# is the first worker's (web.workers).
+_EVERY_WORKER = frozenset({"proxy", "health"})
 
 Handler = Callable[..., Any]  # (services, request, **route arguments) -> WSGI response
 _READ = ["GET", "HEAD"]
@@ -140,7 +143,13 @@ class ProxyApp:
         try:
             endpoint, args = self._match(environ)
             refused = self._refusal(endpoint, request)
-            response = refused or self.endpoints[endpoint](self.services, request, **args)
+            primary = self.services.primary_link
+            if refused is None and primary is not None and endpoint not in _EVERY_WORKER:
+                # Admin state lives in the first worker: it answers (access checked here).
+                response = primary.forward(request,
+                                           self.services.settings.max_request_body_bytes)
+            else:
+                response = refused or self.endpoints[endpoint](self.services, request, **args)
         except params.BadParameter as exc:
             response = json_error(400, "invalid_parameter", str(exc), parameter=exc.name)
         except NotFound:
@@ -163,6 +172,9 @@ class ProxyApp:
 
     def _refusal(self, endpoint: str, request: Request) -> Any:
         settings = self.services.settings
+        worker = self.services.worker
+        if worker is not None and worker.primary and worker.forwarded(request.environ):
+            return None  # the worker that took the connection checked it
         admin_route = endpoint.startswith("admin_")
         # An open proxy on loopback (no client keys) is worth a web page's while too.
         open_proxy = (endpoint == "proxy" and settings.is_loopback_host
@@ -183,4 +195,9 @@ class ProxyApp:
         self.services.watcher.close()
         if self.services.pending_rows is not None:
             self.services.pending_rows.close()  # what is queued is written first
+        if self.services.shared_metrics is not None and self.services.worker is not None \
+                and not self.services.worker.primary:
+            self.services.shared_metrics.publish()  # the last counts, for the last scrape
+        if self.services.primary_link is not None:
+            self.services.primary_link.close()
         self.services.client.close()

@@ -81,7 +81,9 @@ def _loops(services: MetricsServices) -> Mapping[str, Mapping[str, Any]] | None:
 
 
 def handle(services: MetricsServices, request: Request) -> Response:
-    metrics = services.metrics
+    shared = getattr(services, "shared_metrics", None)
+    # With several workers: every worker's calls, not only this one's.
+    metrics = shared.combined() if shared is not None else services.metrics
     pricing, degraded = _pricing(services)
     breakers = getattr(services, "breakers", None)
     families = metrics.scrape_families(today=_today_rows(services), pricing=pricing,

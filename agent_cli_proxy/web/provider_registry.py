@@ -24,6 +24,9 @@ class ProviderRegistry:
         self._current = initial
         self._load = load
         self._reloading = threading.Lock()
+        # Called after each successful reload (the first of several workers tells the
+        # others to reload too).
+        self.after_reload: list[Callable[[], object]] = []
 
     @property
     def current(self) -> ProviderSet:
@@ -45,4 +48,6 @@ class ProviderRegistry:
             _log.warning("config.warning", message=warning)
         _log.info("providers.reloaded", source=loaded.source, path=loaded.path,
                   providers=[p.id for p in loaded.providers])
+        for listener in list(self.after_reload):
+            listener()
         return loaded

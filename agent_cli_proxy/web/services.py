@@ -22,6 +22,7 @@ from agent_cli_proxy.usage.pricing import PriceTable
 from agent_cli_proxy.web.disconnects import DisconnectWatcher
 from agent_cli_proxy.web.provider_registry import ProviderRegistry
 from agent_cli_proxy.web.ready_cache import ReadyCache
+from agent_cli_proxy.web.workers import PrimaryLink, SharedMetrics, WorkerRole
 
 
 class PriceSource(Protocol):
@@ -87,3 +88,8 @@ class ProxyServices:
     # Writes calls' pending rows off their path (set by the composition root); without
     # one, each call commits its own before the upstream is asked.
     pending_rows: PendingWriter | None = None
+    # One of several server processes (PROXY_WORKERS > 1): its place, and for the first
+    # worker the others' metrics, for the others the way to the first (web.workers).
+    worker: WorkerRole | None = None
+    shared_metrics: SharedMetrics | None = None
+    primary_link: PrimaryLink | None = None

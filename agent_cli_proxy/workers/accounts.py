@@ -353,3 +353,18 @@ class AccountAttribution:
                 "attributed": dict(self._counts),
             })
         return out
+
+
+class TraceRecords:
+    """Attribution for a server worker other than the first (PROXY_WORKERS > 1): it keeps
+    each finalized row's auth_index, and the first worker's loop, which alone talks to
+    CLIProxyAPI's management API (one backoff, never a ban), names the account."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def traced(self, row_id: int, trace: Trace) -> None:
+        repo.record_trace(self._db, row_id, trace.auth_index)
+
+    def status(self) -> dict[str, Any]:
+        return {"mode": "trace", "note": "resolved by the first worker"}

@@ -18,6 +18,7 @@ fetch in ``upstream.models_dev``; the meaning of the document in ``usage.pricing
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from agent_cli_proxy.workers.supervisor import Supervisor, TickFailed
 log = get_logger("pricing")
 
 LOOP_NAME = "pricing-refresh"
+FOLLOW_LOOP_NAME = "pricing-follow"
+FOLLOW_INTERVAL_S = 5.0
 # After a failed refresh retry within minutes, not one 6 h interval later: an offline
 # first start should not stay on the built-in table for hours after the network returns.
 _RETRY_CAP_S = 600.0
@@ -185,6 +188,21 @@ class PricingService:
                        run_on_start=self.needs_refresh(),
                        max_backoff_s=min(_RETRY_CAP_S, self.config.refresh_interval_s))
 
+    def register_follower(self, supervisor: Supervisor) -> None:
+        """For a server worker other than the first (PROXY_WORKERS > 1): install the prices
+        the first worker fetched whenever it has rewritten the cache file, instead of
+        fetching them too."""
+        seen: list[float | None] = [_mtime(self.config.cache_path)]
+
+        def follow() -> None:
+            stamp = _mtime(self.config.cache_path)
+            if stamp is not None and stamp != seen[0]:
+                seen[0] = stamp
+                self.load()
+
+        supervisor.add(FOLLOW_LOOP_NAME, follow, interval_s=FOLLOW_INTERVAL_S,
+                       run_on_start=False)
+
     def _tick(self) -> None:
         if self._refresh(False) == "failed":
             raise TickFailed(self._last_error or "pricing refresh failed")
@@ -272,3 +290,10 @@ def _table_from_cache(data: dict[str, Any], fetched_at: float) -> PriceTable:
     if len(table) == 0:
         raise CacheInvalid("no priced models in the cached document")
     return table
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
