@@ -28,7 +28,7 @@ from agent_cli_proxy.config import ConfigError, Settings, ensure_directories, lo
 from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.sdnotify import notify
-from agent_cli_proxy.server_channel import ProxyChannel
+from agent_cli_proxy.server_channel import ProxyChannel, serve_in_a_row
 from agent_cli_proxy.storage.database import Database, open_database
 from agent_cli_proxy.storage.instance_lock import InstanceLock, acquire_instance_lock
 from agent_cli_proxy.storage.requests import recover_stale_pending
@@ -68,9 +68,11 @@ def make_server(app: ProxyApp, settings: Settings, *, host: str | None = None,
     )
     # Every listening socket (a host name can resolve to several) makes its connections
     # with this class: its own errors then read as JSON too, its main loop does not spin
-    # while a worker writes, and streams keep their connection (server_channel).
+    # while a worker writes, streams keep their connection, and a connection's next
+    # request is served by the thread that served the last (server_channel).
     for listener in _listeners(_sockets(server)):
         listener.channel_class = ProxyChannel
+        serve_in_a_row(listener)
     return server
 
 
