@@ -53,7 +53,8 @@ class ProxyMetrics:
     on a monotonic clock, measured by the caller:
 
     * ``duration_s`` — from :meth:`request_started` to the end of the call: the response
-      body closed (the whole stream) and the row finalized.
+      body closed (the whole stream) and the outcome recorded (committed, or handed to
+      the row writer, which commits it a moment later).
     * ``upstream_s`` — the upstream's share: from the moment the proxy starts sending the
       request upstream (pool checkout and connect included) until the upstream response is
       over (last body byte read, or the upstream error or timeout). ``None`` when nothing
@@ -63,8 +64,8 @@ class ProxyMetrics:
 
     ``proxy_overhead_seconds`` observes ``duration_s - upstream_s`` (at least 0; the whole
     ``duration_s`` when ``upstream_s`` is None): what the proxy adds around the upstream
-    call — parsing, identification, auth, the pending-row insert before it; the last flush,
-    cost and finalization after it. Work interleaved with a stream (parsing each chunk,
+    call — parsing, identification, auth, the pending row before it; the last flush, cost
+    and recording the outcome after it. Work interleaved with a stream (parsing each chunk,
     handing it to the server) overlaps upstream time and is not counted; a client too slow
     to take a stream shows in ``upstream_s`` only once the server's buffer is full.
     TensorZero and LiteLLM define their overhead metric the same way (total minus upstream).

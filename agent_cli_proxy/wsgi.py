@@ -14,7 +14,7 @@ from collections.abc import Callable
 from agent_cli_proxy.clock import SYSTEM_CLOCK, Clock
 from agent_cli_proxy.config import Settings, load_providers
 from agent_cli_proxy.storage.database import Database
-from agent_cli_proxy.storage.pending_writer import PendingWriter
+from agent_cli_proxy.storage.row_writer import RowWriter
 from agent_cli_proxy.upstream.breaker import Breakers
 from agent_cli_proxy.upstream.client import UpstreamClient
 from agent_cli_proxy.upstream.management import ManagementClient
@@ -97,7 +97,7 @@ def create_app(settings: Settings, db: Database, *, clock: Clock = SYSTEM_CLOCK,
         providers=providers,
         accounts=accounts,
         quotas=quotas,
-        pending_rows=PendingWriter(db),
+        rows=RowWriter(db),
         worker=worker,
         primary_link=PrimaryLink(worker) if helper and worker is not None else None,
     )

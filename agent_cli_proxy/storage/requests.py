@@ -1,10 +1,10 @@
 """The ``request_logs`` repository: one row per proxied LLM call, from pending to final.
 
 A row is written twice, each time in one short write transaction: :func:`insert_pending`
-when the call starts (so a crash still leaves a trace; :func:`insert_pending_batch` for
-several calls at once), and :func:`finalize` once the outcome is known, which also adds
-the row to ``daily_usage`` and writes its ``cost_audit`` entry. A call that is over before
-its pending row was written is stored once, final, by :func:`insert_final`. Rows a crash
+when the call starts (so a crash still leaves a trace), and :func:`finalize` once the
+outcome is known, which also adds the row to ``daily_usage`` and writes its
+``cost_audit`` entry. ``*_in`` variants run inside a transaction the caller holds (the
+server's row writer puts many calls in one, ``storage.row_writer``). Rows a crash
 left pending are closed by :func:`recover_stale_pending` at boot, and counted in
 ``daily_usage`` like any other finalized row (the original forgot them, spec §12.8).
 
@@ -102,27 +102,10 @@ class PendingRow:
 def insert_pending(db: Database, row: PendingRow) -> int:
     """Insert the row as lifecycle ``pending`` / cost ``unresolved``; return its id."""
     with db.write() as conn:
-        return _insert_pending(conn, row)
+        return insert_pending_in(conn, row)
 
 
-def insert_pending_batch(db: Database, rows: list[PendingRow]) -> list[int]:
-    """:func:`insert_pending` for several rows in one transaction (one commit); their ids
-    in order. All or none: on an error nothing is written."""
-    with db.write() as conn:
-        return [_insert_pending(conn, row) for row in rows]
-
-
-def insert_final(db: Database, row: PendingRow, fin: Finalization) -> int:
-    """A call that ended before its pending row was written: the row, its finalization,
-    daily_usage and cost audit in one transaction (the pending state is never committed).
-    Returns the row's id."""
-    with db.write() as conn:
-        row_id = _insert_pending(conn, row)
-        _finalize_in(conn, row_id, fin)
-    return row_id
-
-
-def _insert_pending(conn: sqlite3.Connection, row: PendingRow) -> int:
+def insert_pending_in(conn: sqlite3.Connection, row: PendingRow) -> int:
     cur = conn.execute(
         """
         INSERT INTO request_logs (
@@ -228,10 +211,10 @@ def finalize(db: Database, row_id: int, fin: Finalization) -> bool:
     finalized by another path, or recovered): a request is finalized at most once.
     """
     with db.write() as conn:
-        return _finalize_in(conn, row_id, fin)
+        return finalize_in(conn, row_id, fin)
 
 
-def _finalize_in(conn: sqlite3.Connection, row_id: int, fin: Finalization) -> bool:
+def finalize_in(conn: sqlite3.Connection, row_id: int, fin: Finalization) -> bool:
     u = fin.usage
     params: dict[str, Any] = {
         "id": row_id,

@@ -193,8 +193,8 @@ class ProxyApp:
     def close(self) -> None:
         self.services.loops.stop()
         self.services.watcher.close()
-        if self.services.pending_rows is not None:
-            self.services.pending_rows.close()  # what is queued is written first
+        if self.services.rows is not None:
+            self.services.rows.close()  # what is queued is written first
         if self.services.shared_metrics is not None and self.services.worker is not None \
                 and not self.services.worker.primary:
             self.services.shared_metrics.publish()  # the last counts, for the last scrape

@@ -2,9 +2,9 @@
 
 Flow (DESIGN.md "How one streamed request flows"): client key → bounded body read → is it
 an LLM call? → which upstream (:mod:`agent_cli_proxy.web.routing`) → who is calling →
-pending row (handed to the writer thread) → upstream request → relay whose ``close()``
-finalizes the row. Calls that are not LLM calls (``GET /v1/models``, ``count_tokens`` …)
-take the same path without a row.
+pending row (handed to the row writer) → upstream request → relay whose ``close()``
+finalizes the row (also through the writer). Calls that are not LLM calls
+(``GET /v1/models``, ``count_tokens`` …) take the same path without a row.
 """
 
 from __future__ import annotations
@@ -340,8 +340,8 @@ def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
                             accounts=services.accounts if upstream_id == UPSTREAM_ID else None,
                             # With client keys a call is never served unrecorded: its
                             # pending row is committed before the upstream is asked.
-                            pending_rows=(None if services.settings.proxy_require_api_key
-                                          else services.pending_rows))
+                            rows=(None if services.settings.proxy_require_api_key
+                                  else services.rows))
     keys = api_keys.presented_keys(request)
     identity = identify(headers, api_key=keys[0] if keys else None,
                         client_name_mapping=services.settings.client_name_mapping)

@@ -1,10 +1,10 @@
 """The life of one recorded LLM call: a ``pending`` row when it starts, and exactly one
 finalization (``completed``, ``error`` or ``aborted``) when it ends.
 
-The pending row goes to the app's :class:`PendingWriter` and the call goes on without
-waiting for its commit; a call that ends before that row is written is stored once,
-final. Without a writer (and with PROXY_REQUIRE_API_KEY, where a call must never be
-served unrecorded) the pending row is committed before the upstream is asked.
+Both writes go to the app's :class:`RowWriter` and the call goes on without waiting for
+a commit (the writer puts many calls in one transaction). Without a writer (and with
+PROXY_REQUIRE_API_KEY, where a call must never be served unrecorded) the pending row is
+committed before the upstream is asked and the outcome before the call is done.
 
 Recording must never stand between a client and its answer: a failed insert is logged and
 the call is proxied without a row; a failed finalization is logged and left to the
@@ -28,15 +28,14 @@ from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.providers.routes import LLMCall
 from agent_cli_proxy.proxy_metrics import ProxyMetrics
 from agent_cli_proxy.storage.database import Database
-from agent_cli_proxy.storage.pending_writer import PendingTicket, PendingWriter
 from agent_cli_proxy.storage.requests import (
     Finalization,
     PendingRow,
     finalize,
-    insert_final,
     insert_pending,
     iso_utc,
 )
+from agent_cli_proxy.storage.row_writer import PendingTicket, RowWriter
 from agent_cli_proxy.upstream.capture import UsageCapture
 from agent_cli_proxy.upstream.cpa_headers import TRACE_HEADER, Trace, parse_trace_id
 from agent_cli_proxy.upstream.relay import RelayResult
@@ -64,9 +63,9 @@ class CallRecorder:
     def __init__(self, db: Database, clock: Clock, prices: Callable[[], PriceTable],
                  metrics: ProxyMetrics, call: LLMCall, path: str, *,
                  accounts: TraceSink | None = None,
-                 pending_rows: PendingWriter | None = None) -> None:
+                 rows: RowWriter | None = None) -> None:
         self._db = db
-        self._pending_rows = pending_rows
+        self._rows = rows
         self._ticket: PendingTicket | None = None
         self._clock = clock
         self._prices = prices
@@ -115,8 +114,8 @@ class CallRecorder:
             proxy_api_key_id=api_key_id,
             actual_provider=actual_provider,
         )
-        if self._pending_rows is not None:
-            self._ticket = self._pending_rows.submit(row)
+        if self._rows is not None:
+            self._ticket = self._rows.submit(row)
             return
         try:
             self.row_id = insert_pending(self._db, row)
@@ -245,26 +244,30 @@ class CallRecorder:
             cost_price_key=cost.price_key,
             cost_detail_json=_COMPACT_JSON.encode(cost.detail),
         )
+        if self._ticket is not None and self._rows is not None:
+            self._rows.finish(self._ticket, fin,
+                              lambda row_id, updated: self._finished(row_id, updated, fin))
+            return
+        assert self.row_id is not None
         try:
-            if self._ticket is not None and self._ticket.take():
-                # Over before its pending row was written: stored once, final.
-                self.row_id = insert_final(self._db, self._ticket.row, fin)
-                updated = True
-            else:
-                if self._ticket is not None:
-                    self.row_id = self._ticket.wait()
-                if self.row_id is None:
-                    return  # the pending row could not be written (logged then)
-                updated = finalize(self._db, self.row_id, fin)
+            updated = finalize(self._db, self.row_id, fin)
         except Exception:
             _log.exception("lifecycle.finalize_failed", request_id=self.request_id,
                            row_id=self.row_id)
             return
+        self._finished(self.row_id, updated, fin)
+
+    def _finished(self, row_id: int, updated: bool, fin: Finalization) -> None:
+        """After the outcome is committed (in the row writer's thread, when there is
+        one)."""
+        self.row_id = row_id
+        lifecycle = fin.lifecycle_status
         event = "lifecycle.aborted" if lifecycle == "aborted" else "lifecycle.finalized"
-        _log.info(event, request_id=self.request_id, row_id=self.row_id, updated=updated,
-                  lifecycle_status=lifecycle, status=status, path=self.path,
-                  model=model or self.call.requested_model, total_tokens=usage.total_tokens,
-                  cost_usd=cost.cost_usd, cost_status=cost.status, latency_ms=fin.latency_ms)
+        _log.info(event, request_id=self.request_id, row_id=row_id, updated=updated,
+                  lifecycle_status=lifecycle, status=fin.status, path=self.path,
+                  model=fin.model or self.call.requested_model,
+                  total_tokens=fin.usage.total_tokens, cost_usd=fin.cost_usd,
+                  cost_status=fin.cost_status, latency_ms=fin.latency_ms)
         if updated:
             self._attribute()
 

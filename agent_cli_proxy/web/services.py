@@ -14,7 +14,7 @@ from agent_cli_proxy.config import Settings
 from agent_cli_proxy.providers.custom_config import ProviderSet
 from agent_cli_proxy.proxy_metrics import ProxyMetrics
 from agent_cli_proxy.storage.database import Database
-from agent_cli_proxy.storage.pending_writer import PendingWriter
+from agent_cli_proxy.storage.row_writer import RowWriter
 from agent_cli_proxy.upstream.breaker import Breakers
 from agent_cli_proxy.upstream.client import UpstreamClient
 from agent_cli_proxy.upstream.cpa_headers import Trace
@@ -85,9 +85,9 @@ class ProxyServices:
     # attribution (CLIPROXY_MGMT_KEY) and quota snapshots (that key or CLIPROXY_AUTH_DIR).
     accounts: Attribution | None = None
     quotas: QuotaSource | None = None
-    # Writes calls' pending rows off their path (set by the composition root); without
-    # one, each call commits its own before the upstream is asked.
-    pending_rows: PendingWriter | None = None
+    # Writes calls' rows off their path, many per transaction (set by the composition
+    # root); without one, each call commits its own.
+    rows: RowWriter | None = None
     # One of several server processes (PROXY_WORKERS > 1): its place, and for the first
     # worker the others' metrics, for the others the way to the first (web.workers).
     worker: WorkerRole | None = None

@@ -1,0 +1,210 @@
+"""Calls' rows written by a thread of their own, several calls per transaction, so a call
+never waits for a commit.
+
+Each recorded call writes its row twice: ``pending`` when it starts and its outcome when
+it ends. Done by the request thread, each write is a transaction of its own (BEGIN, a
+dozen index pages, COMMIT) on the call's path, and with several server processes
+(PROXY_WORKERS) they queue for SQLite's one write lock, sleeping in its busy handler.
+Here the request thread hands the write over (:meth:`RowWriter.submit`,
+:meth:`RowWriter.finish`) and goes on; the writer thread commits whatever has queued up
+in one transaction: one lock, one commit and one copy of each shared index page for many
+calls. A call that ends before its pending row was written has both written in the same
+transaction (the pending state is never committed then).
+
+Order is kept: a call's outcome is queued after its pending row, and one thread writes
+both. What follows a write (the finalization log line, account attribution) runs in the
+writer thread after the commit, through the callback given to :meth:`RowWriter.finish`.
+
+What this changes for a crash: a call's rows reach the database a moment after the
+events they record, so a ``kill -9`` in that moment loses them (a pending row not yet
+written) or leaves the row pending (recovered as aborted at the next start). A stop by
+signal loses nothing: :meth:`RowWriter.close` writes what is queued. A write that fails
+is retried alone, so one bad row never costs the others theirs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent_cli_proxy.log import get_logger
+from agent_cli_proxy.storage.database import Database
+from agent_cli_proxy.storage.requests import (
+    Finalization,
+    PendingRow,
+    finalize_in,
+    insert_pending_in,
+)
+
+_log = get_logger("lifecycle")
+MAX_BATCH = 500  # writes per transaction: bounds how long one holds the write lock
+Finished = Callable[[int, bool], None]
+"""Called after the outcome is committed: (row id, whether the row was still pending)."""
+
+
+class PendingTicket:
+    """A call's row: its id once the pending row is written (None before, or if that
+    failed)."""
+
+    __slots__ = ("_written", "row", "row_id")
+
+    def __init__(self, row: PendingRow) -> None:
+        self.row = row
+        self.row_id: int | None = None
+        self._written = threading.Event()
+
+    @property
+    def written(self) -> bool:
+        """The pending row's write is over (committed, or failed)."""
+        return self._written.is_set()
+
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        """The row's id once its pending row is written (None if that failed)."""
+        self._written.wait(timeout_s)
+        return self.row_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    ticket: PendingTicket
+    fin: Finalization
+    then: Finished | None
+
+
+_Write = PendingTicket | _Outcome
+
+
+class RowWriter:
+    """The thread that writes calls' rows (started with the first write)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._queue: deque[_Write] = deque()
+        lock = threading.Lock()
+        self._wake = threading.Condition(lock)  # something was queued, or close()
+        self._idle = threading.Condition(lock)  # the queue is empty and nothing is writing
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, row: PendingRow) -> PendingTicket:
+        """Queue a call's pending row."""
+        ticket = PendingTicket(row)
+        self._enqueue(ticket)
+        return ticket
+
+    def finish(self, ticket: PendingTicket, fin: Finalization,
+               then: Finished | None = None) -> None:
+        """Queue a call's outcome (after its pending row); *then* runs once it is
+        committed."""
+        self._enqueue(_Outcome(ticket, fin, then))
+
+    @property
+    def queued(self) -> int:
+        """Writes waiting for the writer (not counting the batch it is writing)."""
+        with self._wake:
+            return len(self._queue)
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until everything queued so far is written; False on timeout."""
+        with self._wake:
+            return self._idle.wait_for(lambda: not self._queue and not self._busy, timeout_s)
+
+    def close(self) -> None:
+        """Write everything still queued, then end the thread. Later writes are done by
+        the thread that asks for them."""
+        with self._wake:
+            self._closed = True
+            thread = self._thread
+            self._wake.notify()
+        if thread is not None:
+            thread.join()
+
+    def _enqueue(self, item: _Write) -> None:
+        with self._wake:
+            if not self._closed:
+                self._queue.append(item)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="row-writer",
+                                                    daemon=True)
+                    self._thread.start()
+                self._wake.notify()
+                return
+        # Closed (the server is stopping): written here and now.
+        self._write([item])
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._closed:
+                    self._busy = False
+                    self._idle.notify_all()
+                    self._wake.wait()
+                if not self._queue:
+                    self._busy = False
+                    self._idle.notify_all()
+                    return  # closed and drained
+                self._busy = True
+                batch = [self._queue.popleft()
+                         for _ in range(min(MAX_BATCH, len(self._queue)))]
+            self._write(batch)
+
+    def _write(self, batch: list[_Write]) -> None:
+        try:
+            with self._db.write() as conn:
+                results = [self._apply(conn, item) for item in batch]
+        except Exception:
+            for item in batch:
+                if isinstance(item, PendingTicket) and not item.written:
+                    item.row_id = None  # rolled back
+            if len(batch) == 1:
+                self._failed(batch[0])
+                return
+            # One bad write must not cost the others theirs: each on its own.
+            for item in batch:
+                self._write([item])
+            return
+        for item, result in zip(batch, results, strict=True):
+            self._done(item, result)
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, item: _Write) -> int | bool | None:
+        if isinstance(item, PendingTicket):
+            # Set now: the call's outcome may follow in this very transaction.
+            item.row_id = insert_pending_in(conn, item.row)
+            return item.row_id
+        # The pending row was written by an earlier batch or earlier in this one.
+        row_id = item.ticket.row_id
+        if row_id is None:
+            return None
+        return finalize_in(conn, row_id, item.fin)
+
+    def _done(self, item: _Write, result: int | bool | None) -> None:
+        if isinstance(item, PendingTicket):
+            item._written.set()
+            _log.debug("lifecycle.pre_logged", request_id=item.row.request_id, row_id=result,
+                       provider=item.row.provider, model=item.row.model, tool=item.row.tool,
+                       client_id=item.row.client_id, path=item.row.path)
+            return
+        if result is None:
+            return  # its pending row could not be written (logged then)
+        row_id = item.ticket.row_id
+        assert row_id is not None
+        if item.then is not None:
+            try:
+                item.then(row_id, bool(result))
+            except Exception:
+                _log.exception("lifecycle.after_finalize_failed",
+                               request_id=item.ticket.row.request_id, row_id=row_id)
+
+    def _failed(self, item: _Write) -> None:
+        if isinstance(item, PendingTicket):
+            _log.exception("lifecycle.prelog_failed", request_id=item.row.request_id,
+                           path=item.row.path)
+            item._written.set()
+            return
+        _log.exception("lifecycle.finalize_failed", request_id=item.ticket.row.request_id,
+                       row_id=item.ticket.row_id)
