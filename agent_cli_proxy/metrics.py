@@ -168,12 +168,18 @@ class Metric(Generic[S]):
             return {"series": series, "folded": self._folded}
 
     def absorb(self, exported: dict[str, Any]) -> None:
-        """Add another process's :meth:`export` of this family into this one."""
+        """Add another process's :meth:`export` of this family into this one.
+
+        Never folds: each export is already bounded by its own process's cap (its folds
+        arrive counted), and a merged copy lives for one scrape."""
         with self._lock:
             for labels, value in exported.get("series", ()):
                 values = tuple(str(v) for v in labels)
                 if len(values) == len(self.labelnames):
-                    self._absorb_series(self._series_for(values), value)
+                    series = self._series.get(values)
+                    if series is None:
+                        series = self._series[values] = self._new_series()
+                    self._absorb_series(series, value)
             self._folded += int(exported.get("folded", 0))
 
     def _export_series(self, series: S) -> Any:

@@ -125,9 +125,8 @@ class ProxyMetrics:
         """A copy of these instruments with other processes' exports
         (``registry.export()``) added in: what ``/metrics`` shows for several workers."""
         combined = ProxyMetrics(max_series=self.max_series)
-        combined.registry.absorb(self.registry.export())
-        for exported in others:
-            combined.registry.absorb(dict(exported))
+        for exported in [self.registry.export(), *(dict(e) for e in others)]:
+            combined.registry.absorb(exported)  # folds nothing (Metric.absorb)
         return combined
 
     # -- request path ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -36,6 +37,7 @@ from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger, set_worker
 from agent_cli_proxy.sdnotify import notify
 from agent_cli_proxy.server import (
+    STOP_TIMEOUT_S,
     _reread,
     make_server,
     prepare_storage,
@@ -98,6 +100,11 @@ def serve_workers(settings: Settings) -> int:
     if threading.active_count() != 1:
         # fork() copies only the calling thread; locks other threads held stay held.
         _log.warning("server.fork_with_threads", threads=threading.active_count())
+    # A reload signal before a worker has its handler would end it (the default action):
+    # ignored until run_until_stopped installs the handler, in every worker.
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is not None:
+        signal.signal(hangup, signal.SIG_IGN)
     for role in roles[1:]:
         pid = os.fork()
         if pid == 0:  # the new worker: never returns into the caller's code
@@ -106,6 +113,10 @@ def serve_workers(settings: Settings) -> int:
                 os.close(ready_read)
                 os.close(life_write)
                 private.close()
+                if lock is not None:
+                    # The first worker's lock alone: a restart after it died must find
+                    # the database free while this worker drains.
+                    lock.release()
                 code = _run_helper(settings, role, public, cpus[role.index], ready_write,
                                    life_read)
             except BaseException:
@@ -139,15 +150,25 @@ def _run_primary(settings: Settings, role: WorkerRole, sockets: list[socket.sock
     app = create_app(settings, db, reload_settings=lambda: _reread(settings), worker=role)
     server = make_server(app, settings, sockets=sockets)
     stopping = threading.Event()
+    stop_at: list[float] = []
     failed: list[int] = []
+    ready = threading.Event()
+    reload_waiting = threading.Event()
 
     def signal_workers(signum: int) -> None:
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    # A reload (SIGHUP, the admin route, the CLI) reaches every worker's providers.
-    app.services.providers.after_reload.append(lambda: signal_workers(signal.SIGHUP))
+    def pass_reload_on() -> None:
+        # A reload (SIGHUP, the admin route, the CLI) reaches every worker's providers;
+        # before they all listen, once they do.
+        if ready.is_set():
+            signal_workers(signal.SIGHUP)
+        else:
+            reload_waiting.set()
+
+    app.services.providers.after_reload.append(pass_reload_on)
 
     def watch(pid: int, index: int) -> None:
         _pid, status = os.waitpid(pid, 0)
@@ -167,7 +188,10 @@ def _run_primary(settings: Settings, role: WorkerRole, sockets: list[socket.sock
     port = sockets[0].getsockname()[1]
 
     def announce() -> None:
-        waited = _await_ready(ready_read, len(children))
+        waited = _await_ready(ready_read, len(children), stopping)
+        ready.set()
+        if reload_waiting.is_set():
+            signal_workers(signal.SIGHUP)
         _log.info("server.listening", host=settings.proxy_host, port=port,
                   url=f"http://{settings.proxy_host}:{port}",
                   upstream=display_url(settings.cli_proxy_api_url),
@@ -178,26 +202,41 @@ def _run_primary(settings: Settings, role: WorkerRole, sockets: list[socket.sock
                f"with {role.count} workers")
 
     def on_stop() -> None:
+        stop_at.append(time.monotonic())
         stopping.set()
         signal_workers(signal.SIGTERM)
 
     code = run_until_stopped(server, app, db, on_ready=announce, on_stop=on_stop)
     stopping.set()
-    deadline = time.monotonic() + STOP_GRACE_S
+    # The others drain as long as this one may (they got the signal at the same time),
+    # then unwind: only past that are they killed.
+    started = stop_at[0] if stop_at else time.monotonic()
+    deadline = (started + settings.shutdown_drain_ms / 1000 + STOP_TIMEOUT_S
+                + STOP_GRACE_S)
     for watcher in watchers:
         watcher.join(max(0.0, deadline - time.monotonic()))
     if children:
-        _log.warning("server.workers_killed", workers=sorted(children.values()))
+        _log.error("server.workers_killed", workers=sorted(children.values()))
+        failed.extend(children.values())
         signal_workers(signal.SIGKILL)
     os.close(ready_read)
     return 1 if failed else code
 
 
-def _await_ready(ready_read: int, expected: int) -> int:
-    """Wait until *expected* workers have said they listen; how many did."""
+def _await_ready(ready_read: int, expected: int, stopping: threading.Event) -> int:
+    """Wait until *expected* workers have said they listen (at most READY_TIMEOUT_S, and
+    not past a stop signal); how many did."""
     got = 0
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while got < expected and time.monotonic() < deadline:
+    poller = select.poll()
+    poller.register(ready_read, select.POLLIN)
+    while got < expected and not stopping.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        # In slices: a stop signal's handler runs between them.
+        if not poller.poll(min(left, 0.1) * 1000):
+            continue
         data = os.read(ready_read, expected - got)
         if not data:
             break  # every worker's end closed: some died before listening
@@ -221,8 +260,10 @@ def _run_helper(settings: Settings, role: WorkerRole, sockets: list[socket.socke
     def lifeline() -> None:
         while os.read(life_read, 1):
             pass
-        # The first worker is gone (stopped, crashed or killed): stop too.
+        # The first worker is gone (stopped, crashed or killed): stop too, and remove
+        # what it would have (it may not have lived to).
         os.kill(os.getpid(), signal.SIGTERM)
+        shutil.rmtree(role.share_dir, ignore_errors=True)
 
     threading.Thread(target=lifeline, daemon=True, name="lifeline").start()
     start_app(app, settings, quiet=True)

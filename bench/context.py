@@ -80,6 +80,8 @@ class Bench:
     threads: int | None
     """PROXY_THREADS for every proxy but the open-streams one (None: the proxy's default)."""
     workdir: Path
+    workers: int | None = None
+    """PROXY_WORKERS of every proxy (None: the proxy's default, one)."""
     procs: Procs = field(default_factory=Procs)
     figures: Figures = field(default_factory=Figures)
     dead_port: int = field(default_factory=free_port)

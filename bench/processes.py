@@ -122,26 +122,39 @@ def wait_http_ok(url: str, proc: subprocess.Popen[bytes], *, timeout_s: float,
     raise ChildFailed(f"{url}: no 200 within {timeout_s} s\n{tail(log)}")
 
 
+def family(pid: int) -> list[int]:
+    """*pid* and its child processes (the proxy's other workers, with PROXY_WORKERS)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [pid, *(int(c) for c in children.read().split())]
+    except OSError:
+        return [pid]
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time *pid* has used, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as stat:
-        # The command name (field 2) may hold spaces: split after its closing parenthesis.
-        fields = stat.read().rpartition(")")[2].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of the whole line
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time *pid* and its children have used, from /proc/<pid>/stat."""
+    total = 0
+    for member in family(pid):
+        with open(f"/proc/{member}/stat") as stat:
+            # The command name (field 2) may hold spaces: split after its ")".
+            fields = stat.read().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of the whole line
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def open_fds(pid: int) -> int:
-    """How many file descriptors *pid* has open."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """How many file descriptors *pid* and its children have open."""
+    return sum(len(os.listdir(f"/proc/{member}/fd")) for member in family(pid))
 
 
 def memory_kib(pid: int) -> dict[str, int]:
-    """``VmRSS`` and ``VmHWM`` (peak RSS) of *pid* in KiB, from /proc/<pid>/status."""
-    values: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            name, _, rest = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                values[name] = int(rest.split()[0])
+    """``VmRSS`` and ``VmHWM`` (peak RSS) in KiB, from /proc/<pid>/status, summed over
+    *pid* and its children (the peak is the sum of each one's peak)."""
+    values: dict[str, int] = {"VmRSS": 0, "VmHWM": 0}
+    for member in family(pid):
+        with open(f"/proc/{member}/status") as status:
+            for line in status:
+                name, _, rest = line.partition(":")
+                if name in values:
+                    values[name] += int(rest.split()[0])
     return values

@@ -53,6 +53,8 @@ def proxy_environment(bench: Bench, upstream_url: str, port: int, db: Path,
     })
     if threads is not None:
         env["PROXY_THREADS"] = str(threads)
+    if bench.workers is not None:
+        env["PROXY_WORKERS"] = str(bench.workers)
     return env
 
 

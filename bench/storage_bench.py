@@ -1,8 +1,11 @@
 """SQLite throughput of the proxy's own recording path: insert pending, then finalize.
 
-Exactly what :class:`agent_cli_proxy.web.recorder.CallRecorder` does per call, minus the
-network: ``insert_pending`` (one ``BEGIN IMMEDIATE`` transaction) and ``finalize`` (one more:
-the row update, its ``daily_usage`` aggregate and its ``cost_audit`` entry), on a fresh
+Two ways. :func:`finalize_throughput`: one transaction per write, as
+:class:`agent_cli_proxy.web.recorder.CallRecorder` does without a row writer (with
+PROXY_REQUIRE_API_KEY): ``insert_pending`` (one ``BEGIN IMMEDIATE`` transaction) and
+``finalize`` (one more: the row update, its ``daily_usage`` aggregate and its
+``cost_audit`` entry). :func:`writer_throughput`: the same writes through the server's
+``RowWriter``, which puts whatever has queued up in one transaction. Both on a fresh
 database file in WAL mode opened (and migrated) by ``Database.open``. The background
 checkpoints ``serve`` starts (``Database.start_checkpointer``) are left out: in this tight
 loop of writes the checkpointing thread competes with the writer for the same cores and
@@ -28,6 +31,7 @@ from agent_cli_proxy.storage.requests import (
     insert_pending,
     iso_utc,
 )
+from agent_cli_proxy.storage.row_writer import RowWriter
 from tests import wire
 
 
@@ -77,5 +81,34 @@ def finalize_throughput(rows: int) -> float:
                     raise RuntimeError(f"row {row_id} was not finalized")
             elapsed = time.perf_counter() - started
         finally:
+            db.close()
+    return rows / elapsed
+
+
+def writer_throughput(rows: int) -> float:
+    """Rows per second through a :class:`RowWriter`: *rows* calls' pending rows and
+    outcomes queued from one thread as fast as it can, until all are committed."""
+    with tempfile.TemporaryDirectory(prefix="acp-bench-db-") as tmp:
+        db = Database.open(Path(tmp) / "bench.db")
+        writer = RowWriter(db)
+        try:
+            now = iso_utc(time.time())
+            pending, fin = _pending(now), _finalization(now)
+            for _ in range(WARMUP_ROWS):
+                writer.finish(writer.submit(pending), fin)
+            writer.flush()
+            started = time.perf_counter()
+            for _ in range(rows):
+                writer.finish(writer.submit(pending), fin)
+            if not writer.flush(timeout_s=600):
+                raise RuntimeError("the row writer did not finish")
+            elapsed = time.perf_counter() - started
+            written = db.reader().execute(
+                "SELECT count(*) FROM request_logs WHERE lifecycle_status = 'completed'"
+            ).fetchone()[0]
+            if written != rows + WARMUP_ROWS:
+                raise RuntimeError(f"{written} rows completed, not {rows + WARMUP_ROWS}")
+        finally:
+            writer.close()
             db.close()
     return rows / elapsed

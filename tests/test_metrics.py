@@ -643,3 +643,20 @@ def test_several_processes_counts_add_up_and_maxima_stay_maxima() -> None:
     assert counts[-1] == 3 and total == pytest.approx(3.25)
     # The originals are untouched.
     assert first.requests.value(labels) == 1 and second.requests.value(labels) == 2
+
+
+def test_merging_full_families_folds_nothing_more() -> None:
+    first, second = ProxyMetrics(max_series=2), ProxyMetrics(max_series=2)
+    for metrics, models in ((first, "abc"), (second, "xyz")):
+        for model in models:
+            metrics.request_started()
+            metrics.request_finished(provider="openai", model=model, tool="t", status=200,
+                                     lifecycle="completed", streamed=False, duration_s=0.1)
+    merged = first.merged([second.registry.export()])
+    assert merged.requests.folded() == first.requests.folded() + second.requests.folded()
+    counted = {labels[1]: value for labels, value in
+               ((k, v[0]) for k, v in merged.requests._series.items())}
+    assert counted == {"a": 1, "b": 1, "x": 1, "y": 1, "other": 2}
+    again = first.merged([second.registry.export()])  # the same, scrape after scrape
+    assert {k: v[0] for k, v in again.requests._series.items()} == {
+        k: v[0] for k, v in merged.requests._series.items()}

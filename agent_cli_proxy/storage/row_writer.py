@@ -24,14 +24,16 @@ is retried alone, so one bad row never costs the others theirs.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent_cli_proxy.log import get_logger
-from agent_cli_proxy.storage.database import Database
+from agent_cli_proxy.storage.database import Database, is_busy_error
 from agent_cli_proxy.storage.requests import (
     Finalization,
     PendingRow,
@@ -41,6 +43,8 @@ from agent_cli_proxy.storage.requests import (
 
 _log = get_logger("lifecycle")
 MAX_BATCH = 500  # writes per transaction: bounds how long one holds the write lock
+LINGER_S = 0.002  # from the first write queued to its batch's transaction
+BUSY_RETRY_CAP_S = 2.0  # longest pause before trying a batch again on a locked database
 Finished = Callable[[int, bool], None]
 """Called after the outcome is committed: (row id, whether the row was still pending)."""
 
@@ -148,27 +152,53 @@ class RowWriter:
                     self._idle.notify_all()
                     return  # closed and drained
                 self._busy = True
+                closing = self._closed
+            if not closing:
+                # A moment for more to join the batch: a quick call's outcome joins its
+                # pending row, and the writer keeps off the interpreter lock while the
+                # call that woke it reaches its first byte.
+                time.sleep(LINGER_S)
+            with self._wake:
                 batch = [self._queue.popleft()
                          for _ in range(min(MAX_BATCH, len(self._queue)))]
             self._write(batch)
 
     def _write(self, batch: list[_Write]) -> None:
-        try:
-            with self._db.write() as conn:
-                results = [self._apply(conn, item) for item in batch]
-        except Exception:
-            for item in batch:
-                if isinstance(item, PendingTicket) and not item.written:
-                    item.row_id = None  # rolled back
-            if len(batch) == 1:
-                self._failed(batch[0])
-                return
-            # One bad write must not cost the others theirs: each on its own.
-            for item in batch:
-                self._write([item])
+        for attempt in itertools.count():
+            try:
+                with self._db.write() as conn:
+                    results = [self._apply(conn, item) for item in batch]
+            except Exception as exc:
+                for item in batch:
+                    if isinstance(item, PendingTicket) and not item.written:
+                        item.row_id = None  # rolled back
+                if not is_busy_error(exc):
+                    self._write_apart(batch, exc)
+                    return
+                # Another process holds the write lock past the busy timeout: the whole
+                # batch again (apart, each write would wait as long), unless stopping.
+                if self._closed:
+                    _log.error("lifecycle.writes_abandoned", writes=len(batch),
+                               error=str(exc))
+                    for item in batch:
+                        self._given_up(item)
+                    return
+                _log.warning("lifecycle.writes_waiting", writes=len(batch),
+                             attempt=attempt + 1, error=str(exc))
+                time.sleep(min(BUSY_RETRY_CAP_S, 0.1 * 2 ** attempt))
+                continue
+            for item, result in zip(batch, results, strict=True):
+                self._done(item, result)
             return
-        for item, result in zip(batch, results, strict=True):
-            self._done(item, result)
+
+    def _write_apart(self, batch: list[_Write], exc: Exception) -> None:
+        """A batch that failed for one of its writes: each write on its own."""
+        if len(batch) == 1:
+            self._failed(batch[0], exc)
+            return
+        # One bad write must not cost the others theirs.
+        for item in batch:
+            self._write([item])
 
     @staticmethod
     def _apply(conn: sqlite3.Connection, item: _Write) -> int | bool | None:
@@ -200,11 +230,16 @@ class RowWriter:
                 _log.exception("lifecycle.after_finalize_failed",
                                request_id=item.ticket.row.request_id, row_id=row_id)
 
-    def _failed(self, item: _Write) -> None:
+    def _given_up(self, item: _Write) -> None:
         if isinstance(item, PendingTicket):
-            _log.exception("lifecycle.prelog_failed", request_id=item.row.request_id,
-                           path=item.row.path)
+            item._written.set()
+
+    def _failed(self, item: _Write, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(item, PendingTicket):
+            _log.error("lifecycle.prelog_failed", request_id=item.row.request_id,
+                       path=item.row.path, error=error)
             item._written.set()
             return
-        _log.exception("lifecycle.finalize_failed", request_id=item.ticket.row.request_id,
-                       row_id=item.ticket.row_id)
+        _log.error("lifecycle.finalize_failed", request_id=item.ticket.row.request_id,
+                   row_id=item.ticket.row_id, error=error)

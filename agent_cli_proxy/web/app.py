@@ -8,6 +8,7 @@ the proxy decides which of them are LLM calls worth a row. Anything else is a JS
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -173,8 +174,12 @@ class ProxyApp:
     def _refusal(self, endpoint: str, request: Request) -> Any:
         settings = self.services.settings
         worker = self.services.worker
-        if worker is not None and worker.primary and worker.forwarded(request.environ):
-            return None  # the worker that took the connection checked it
+        if worker is not None and worker.primary:
+            if worker.forwarded(request.environ):
+                return None  # the worker that took the connection checked it
+            if worker.on_private_listener(request.environ):
+                return json_error(403, "workers_only",
+                                  "this port is for the proxy's own workers")
         admin_route = endpoint.startswith("admin_")
         # An open proxy on loopback (no client keys) is worth a web page's while too.
         open_proxy = (endpoint == "proxy" and settings.is_loopback_host
@@ -197,7 +202,10 @@ class ProxyApp:
             self.services.rows.close()  # what is queued is written first
         if self.services.shared_metrics is not None and self.services.worker is not None \
                 and not self.services.worker.primary:
-            self.services.shared_metrics.publish()  # the last counts, for the last scrape
+            # The last counts, for the last scrape (OSError: the first worker is gone and
+            # took the directory with it).
+            with contextlib.suppress(OSError):
+                self.services.shared_metrics.publish()
         if self.services.primary_link is not None:
             self.services.primary_link.close()
         self.services.client.close()

@@ -60,7 +60,16 @@ class WorkerRole:
     def forwarded(self, environ: dict[str, Any]) -> bool:
         """A request another worker handed over (after checking its access)."""
         mark = environ.get(_FORWARDED_ENVIRON)
-        return isinstance(mark, str) and hmac.compare_digest(mark, self.secret)
+        if not isinstance(mark, str):
+            return False
+        # WSGI header values are Latin-1 text; compared as bytes, any value is safe.
+        return hmac.compare_digest(mark.encode("latin-1", "replace"),
+                                   self.secret.encode("latin-1"))
+
+    def on_private_listener(self, environ: dict[str, Any]) -> bool:
+        """The request came in on the first worker's private listener (waitress names
+        the listening socket's port)."""
+        return self.primary and environ.get("SERVER_PORT") == str(self.primary_port)
 
 
 class PrimaryLink:
@@ -96,6 +105,10 @@ class PrimaryLink:
         for name, value in answer.headers.items():
             if name.lower() not in _HOP_BY_HOP:
                 response.headers.add(name, value)
+        length = answer.headers.get("Content-Length")
+        if request.method == "HEAD" and length is not None:
+            # The size of what a GET would get, not of this empty body.
+            response.headers["Content-Length"] = length
         return response
 
     def close(self) -> None:

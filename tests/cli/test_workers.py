@@ -187,3 +187,42 @@ def test_systemd_hears_from_the_first_worker_only(tmp_path: Path, upstream: Fake
             listener.setblocking(False)
             with pytest.raises(BlockingIOError):
                 listener.recv(4096)
+
+
+def listening_ports(pid: int) -> set[int]:
+    inodes = {os.readlink(fd)[8:-1] for fd in Path(f"/proc/{pid}/fd").iterdir()
+              if os.readlink(fd).startswith("socket:[")}
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+            ports.add(int(fields[1].split(":")[1], 16))
+    return ports
+
+
+def test_what_only_workers_may_use_stays_theirs(tmp_path: Path, upstream: FakeUpstream
+                                                 ) -> None:
+    with serving(tmp_path, upstream, PROXY_WORKERS="2") as (proc, port):
+        (helper,) = helper_pids(proc.pid)
+        # The first worker's private listener answers only the other workers.
+        (private,) = listening_ports(proc.pid) - {port}
+        for path in ("/health", "/admin/stats", "/v1/models"):
+            status, body = get(private, path)
+            assert status == 403 and json.loads(body)["error"]["code"] == "workers_only"
+        # The instance lock is the first worker's alone (a restart after it died must
+        # find the database free while the others drain).
+        held = [os.readlink(fd) for fd in Path(f"/proc/{helper}/fd").iterdir()]
+        assert not [f for f in held if f.endswith(".lock")]
+        for _ in range(8):
+            # A marker that is not even ASCII is just a wrong one, on either worker.
+            status, _body = get(port, "/admin/stats", {"X-Agent-Cli-Proxy-Worker": "\xe9"})
+            assert status == 200
+            # HEAD through either worker tells the size a GET would get.
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("HEAD", "/admin/openapi.json")
+            resp = conn.getresponse()
+            resp.read()
+            conn.close()
+            assert resp.status == 200 and int(resp.getheader("Content-Length") or 0) > 1000
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

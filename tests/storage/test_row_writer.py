@@ -162,3 +162,25 @@ def test_close_writes_what_is_queued_then_writes_are_done_inline(
         "held": "pending", "queued": "completed", "late": "completed"}
     assert held.written
     assert "row-writer" not in {t.name for t in threading.enumerate()}
+
+
+def test_a_locked_database_delays_the_batch_and_loses_nothing(
+        db_path: Path, make_pending: MakePending) -> None:
+    db = Database.open(db_path, busy_timeout_ms=20)  # gives up on the lock quickly
+    writer = RowWriter(db)
+    try:
+        with logged_events("lifecycle", event_name) as events:
+            with write_lock_held(db_path):
+                tickets = [writer.submit(make_pending(request_id=f"c{i}")) for i in range(3)]
+                for ticket in tickets:
+                    writer.finish(ticket, fin())
+                wait_until(lambda: "lifecycle.writes_waiting" in events,
+                           what="the writer to find the database locked")
+            assert writer.flush()
+        assert {r["request_id"]: r["lifecycle_status"] for r in all_rows(db)} == {
+            f"c{i}": "completed" for i in range(3)}
+        assert "lifecycle.prelog_failed" not in events
+        assert "lifecycle.finalize_failed" not in events
+    finally:
+        writer.close()
+        db.close()
