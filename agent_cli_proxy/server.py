@@ -27,6 +27,7 @@ from agent_cli_proxy.clock import SYSTEM_CLOCK
 from agent_cli_proxy.config import ConfigError, Settings, ensure_directories, load_settings
 from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
+from agent_cli_proxy.malloc_arenas import limit_arenas
 from agent_cli_proxy.sdnotify import notify
 from agent_cli_proxy.server_channel import ProxyChannel, serve_in_a_row
 from agent_cli_proxy.storage.database import Database, open_database
@@ -113,6 +114,8 @@ def request_stop(server: Any) -> None:
 
 def serve(settings: Settings) -> int:
     """Run in the foreground until SIGTERM/SIGINT; returns the process exit code."""
+    # Before any thread exists (and before workers fork): see malloc_arenas.
+    limit_arenas()
     if settings.proxy_workers > 1:
         from agent_cli_proxy.server_workers import serve_workers
 

@@ -207,7 +207,8 @@ def _run_primary(settings: Settings, role: WorkerRole, sockets: list[socket.sock
         signal_workers(signal.SIGTERM)
 
     code = run_until_stopped(server, app, db, on_ready=announce, on_stop=on_stop)
-    stopping.set()
+    if not stop_at:
+        on_stop()  # stopped without a signal of its own: the others stop now
     # The others drain as long as this one may (they got the signal at the same time),
     # then unwind: only past that are they killed.
     started = stop_at[0] if stop_at else time.monotonic()

@@ -42,8 +42,9 @@ from agent_cli_proxy.storage.requests import (
 )
 
 _log = get_logger("lifecycle")
-MAX_BATCH = 500  # writes per transaction: bounds how long one holds the write lock
+MAX_BATCH = 256  # writes per transaction: bounds how long one holds the write lock
 LINGER_S = 0.002  # from the first write queued to its batch's transaction
+MAX_QUEUED = 256  # writes waiting; past this, callers wait for room (back-pressure)
 BUSY_RETRY_CAP_S = 2.0  # longest pause before trying a batch again on a locked database
 Finished = Callable[[int, bool], None]
 """Called after the outcome is committed: (row id, whether the row was still pending)."""
@@ -90,6 +91,7 @@ class RowWriter:
         lock = threading.Lock()
         self._wake = threading.Condition(lock)  # something was queued, or close()
         self._idle = threading.Condition(lock)  # the queue is empty and nothing is writing
+        self._room = threading.Condition(lock)  # the queue is below MAX_QUEUED again
         self._busy = False
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -129,6 +131,11 @@ class RowWriter:
 
     def _enqueue(self, item: _Write) -> None:
         with self._wake:
+            # Back-pressure: request threads outnumber the writer for the interpreter
+            # lock; unbounded, the queue grew to thousands of calls under load (memory
+            # that the allocator then kept).
+            while len(self._queue) >= MAX_QUEUED and not self._closed:
+                self._room.wait()
             if not self._closed:
                 self._queue.append(item)
                 if self._thread is None:
@@ -150,6 +157,7 @@ class RowWriter:
                 if not self._queue:
                     self._busy = False
                     self._idle.notify_all()
+                    self._room.notify_all()
                     return  # closed and drained
                 self._busy = True
                 closing = self._closed
@@ -161,7 +169,9 @@ class RowWriter:
             with self._wake:
                 batch = [self._queue.popleft()
                          for _ in range(min(MAX_BATCH, len(self._queue)))]
+                self._room.notify_all()
             self._write(batch)
+            del batch  # not kept alive while the thread waits for more
 
     def _write(self, batch: list[_Write]) -> None:
         for attempt in itertools.count():

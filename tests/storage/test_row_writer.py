@@ -15,9 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from agent_cli_proxy.storage import Database, PendingRow, get_request, insert_pending
+import pytest
+
+from agent_cli_proxy.storage import Database, PendingRow, get_request, insert_pending, row_writer
 from agent_cli_proxy.storage.requests import finalize
-from agent_cli_proxy.storage.row_writer import RowWriter
+from agent_cli_proxy.storage.row_writer import PendingTicket, RowWriter
 from tests.conftest import event_name, logged_events, wait_until
 from tests.storage.test_requests import fin
 
@@ -33,6 +35,17 @@ def write_lock_held(db_path: Path) -> Iterator[None]:
     finally:
         other.execute("ROLLBACK")
         other.close()
+
+
+@contextlib.contextmanager
+def writer_waiting(writer: RowWriter, db_path: Path, make_pending: MakePending
+                   ) -> Iterator[PendingTicket]:
+    """The writer stuck on SQLite's write lock (another connection holds it) with the
+    pending row "held" taken: whatever is queued meanwhile goes into its next batch."""
+    with write_lock_held(db_path):
+        held = writer.submit(make_pending(request_id="held"))
+        wait_until(lambda: not writer.queued, what="the writer to take a row")
+        yield held
 
 
 def all_rows(db: Database) -> list[dict[str, Any]]:
@@ -71,9 +84,7 @@ def test_queued_calls_share_one_transaction(db: Database, db_path: Path,
                                             make_pending: MakePending) -> None:
     writer = RowWriter(db)
     observer = sqlite3.connect(db_path, isolation_level=None)
-    with write_lock_held(db_path):
-        held = writer.submit(make_pending(request_id="held"))  # the writer takes it, waits
-        wait_until(lambda: not writer.queued, what="the writer to take it")
+    with writer_waiting(writer, db_path, make_pending) as held:
         # Started and finished while the writer waits: one batch for all ten writes.
         tickets = [writer.submit(make_pending(request_id=f"c{i}")) for i in range(5)]
         for ticket in tickets:
@@ -96,9 +107,7 @@ def test_pending_then_outcome_in_one_batch_stores_what_two_transactions_store(
     two_steps = insert_pending(db, make_pending(request_id="a"))
     assert finalize(db, two_steps, fin())
     writer = RowWriter(db)
-    with write_lock_held(db_path):
-        held = writer.submit(make_pending(request_id="held"))
-        wait_until(lambda: not writer.queued, what="the writer to take it")
+    with writer_waiting(writer, db_path, make_pending) as held:
         ticket = writer.submit(make_pending(request_id="b"))
         writer.finish(ticket, fin())
     assert writer.flush()
@@ -122,9 +131,7 @@ def test_one_bad_row_does_not_cost_the_others_theirs(db: Database, db_path: Path
     writer = RowWriter(db)
     done: list[str] = []
     with logged_events("lifecycle", event_name) as events:
-        with write_lock_held(db_path):
-            held = writer.submit(make_pending(request_id="held"))
-            wait_until(lambda: not writer.queued, what="the writer to take it")
+        with writer_waiting(writer, db_path, make_pending) as held:
             # Queued together: one batch. No such API key: the foreign key refuses it.
             batch = [writer.submit(make_pending(request_id="good-1")),
                      writer.submit(make_pending(request_id="bad", proxy_api_key_id=999)),
@@ -145,9 +152,7 @@ def test_one_bad_row_does_not_cost_the_others_theirs(db: Database, db_path: Path
 def test_close_writes_what_is_queued_then_writes_are_done_inline(
         db: Database, db_path: Path, make_pending: MakePending) -> None:
     writer = RowWriter(db)
-    with write_lock_held(db_path):
-        held = writer.submit(make_pending(request_id="held"))
-        wait_until(lambda: not writer.queued, what="the writer to take it")
+    with writer_waiting(writer, db_path, make_pending) as held:
         queued = writer.submit(make_pending(request_id="queued"))
         writer.finish(queued, fin())
         closing = threading.Thread(target=writer.close)
@@ -184,3 +189,25 @@ def test_a_locked_database_delays_the_batch_and_loses_nothing(
     finally:
         writer.close()
         db.close()
+
+
+def test_callers_wait_for_room_once_max_queued_writes_wait(
+        db: Database, db_path: Path, make_pending: MakePending,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(row_writer, "MAX_QUEUED", 3)
+    writer = RowWriter(db)
+    with writer_waiting(writer, db_path, make_pending):
+        tickets = [writer.submit(make_pending(request_id=f"q{i}")) for i in range(3)]
+        late: list[PendingTicket] = []
+        blocked = threading.Thread(
+            target=lambda: late.append(writer.submit(make_pending(request_id="late"))))
+        blocked.start()
+        # It waits for room (the queue is full), on the writer's condition.
+        wait_until(lambda: len(writer._room._waiters) == 1,  # type: ignore[attr-defined]
+                   what="the fourth caller to wait")
+        assert blocked.is_alive() and writer.queued == 3 and not late
+    blocked.join(30)  # the lock is gone: the writer makes room
+    assert not blocked.is_alive()
+    assert writer.flush()
+    assert all(t.row_id is not None for t in [*tickets, *late])
+    writer.close()
