@@ -44,7 +44,7 @@ from agent_cli_proxy.storage.requests import (
 _log = get_logger("lifecycle")
 MAX_BATCH = 256  # writes per transaction: bounds how long one holds the write lock
 LINGER_S = 0.002  # from the first write queued to its batch's transaction
-MAX_QUEUED = 256  # writes waiting; past this, callers wait for room (back-pressure)
+MAX_QUEUED = 20_000  # writes waiting; past this, callers wait for room (back-pressure)
 BUSY_RETRY_CAP_S = 2.0  # longest pause before trying a batch again on a locked database
 Finished = Callable[[int, bool], None]
 """Called after the outcome is committed: (row id, whether the row was still pending)."""
@@ -131,9 +131,10 @@ class RowWriter:
 
     def _enqueue(self, item: _Write) -> None:
         with self._wake:
-            # Back-pressure: request threads outnumber the writer for the interpreter
-            # lock; unbounded, the queue grew to thousands of calls under load (memory
-            # that the allocator then kept).
+            # Back-pressure, for a database locked for long (another process): the queue
+            # absorbs the writer's usual stalls (thousands of writes under load, waits for
+            # SQLite's lock between workers); bounded lower, callers waited on them and
+            # two workers lost a quarter of their throughput.
             while len(self._queue) >= MAX_QUEUED and not self._closed:
                 self._room.wait()
             if not self._closed:
