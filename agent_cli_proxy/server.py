@@ -124,7 +124,7 @@ def serve(settings: Settings) -> int:
     # inherits the CPU.
     cpu = pin_process(settings.proxy_cpu_affinity)
     lock = prepare_storage(settings)
-    db = open_database(settings.db_path)
+    db = Database.open(settings.db_path, migrate=False)  # prepare_storage migrated it
     # WAL checkpoints (page copies and fsyncs) off the request path.
     db.start_checkpointer()
     app = create_app(settings, db, reload_settings=lambda: _reread(settings))

@@ -8,11 +8,11 @@ registered here and started by the server (``ProxyApp.start_background``).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 from agent_cli_proxy.clock import SYSTEM_CLOCK, Clock
 from agent_cli_proxy.config import Settings, load_providers
+from agent_cli_proxy.proxy_metrics import ProxyMetrics
 from agent_cli_proxy.storage.database import Database
 from agent_cli_proxy.storage.row_writer import RowWriter
 from agent_cli_proxy.upstream.breaker import Breakers
@@ -81,6 +81,11 @@ def create_app(settings: Settings, db: Database, *, clock: Clock = SYSTEM_CLOCK,
         quotas = QuotaService(db, settings, management=management, client=client,
                               clock=clock)
         quotas.register(supervisor)
+    metrics = ProxyMetrics()
+    # With several workers the first one's /metrics adds the others' published counts.
+    shared = SharedMetrics(worker, metrics) if worker is not None else None
+    if shared is not None and helper:
+        shared.register(supervisor)
     services = ProxyServices(
         settings=settings,
         db=db,
@@ -97,13 +102,10 @@ def create_app(settings: Settings, db: Database, *, clock: Clock = SYSTEM_CLOCK,
         providers=providers,
         accounts=accounts,
         quotas=quotas,
+        metrics=metrics,
         rows=RowWriter(db),
         worker=worker,
+        shared_metrics=shared,
         primary_link=PrimaryLink(worker) if helper and worker is not None else None,
     )
-    if worker is not None:
-        shared = SharedMetrics(worker, services.metrics)
-        services = dataclasses.replace(services, shared_metrics=shared)
-        if helper:
-            shared.register(supervisor.add)
     return ProxyApp(services)

@@ -16,7 +16,6 @@ import contextlib
 import hmac
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from werkzeug.wrappers import Request, Response
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.proxy_metrics import ProxyMetrics
 from agent_cli_proxy.web.errors import json_error
+from agent_cli_proxy.workers.supervisor import Supervisor
 
 _log = get_logger("workers")
 FORWARDED_HEADER = "X-Agent-Cli-Proxy-Worker"
@@ -131,9 +131,10 @@ class SharedMetrics:
         partial.write_text(data)
         os.replace(partial, final)
 
-    def register(self, add_loop: Callable[..., None]) -> None:
-        add_loop("metrics-share", self.publish, interval_s=PUBLISH_INTERVAL_S,
-                 max_backoff_s=PUBLISH_INTERVAL_S * 5)
+    def register(self, supervisor: Supervisor) -> None:
+        """Add the ``metrics-share`` loop (workers other than the first)."""
+        supervisor.add("metrics-share", self.publish, interval_s=PUBLISH_INTERVAL_S,
+                       max_backoff_s=PUBLISH_INTERVAL_S * 5)
 
     def combined(self) -> ProxyMetrics:
         """This worker's instruments with every other worker's last published counts."""
