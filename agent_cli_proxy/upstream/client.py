@@ -33,6 +33,7 @@ from urllib3.util import parse_url
 
 from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
+from agent_cli_proxy.upstream import exchange
 from agent_cli_proxy.upstream.response_headers import FastHeadersResponse
 
 ErrorKind = Literal["connect", "timeout", "protocol"]
@@ -229,9 +230,7 @@ class _Tracked:
         finally:
             self._hold_head, self._held = False, None
         self._requests_on_socket += 1  # after the call: a fresh socket's connect() zeroes it
-        handle: SendHandle | None = getattr(_current, "handle", None)
-        if handle is not None:
-            handle._attach(self.sock)  # type: ignore[attr-defined]
+        _attach_current(self.sock)  # type: ignore[attr-defined]
 
 
 class _TrackedHTTPConnection(_Tracked, HTTPConnection):
@@ -328,6 +327,27 @@ def _timeout(timeouts: Timeouts) -> urllib3.Timeout:
     return urllib3.Timeout(connect=timeouts.connect, read=timeouts.read)
 
 
+def _attach_current(sock: socket.socket) -> None:
+    """Report the socket of a request on the wire to this thread's SendHandle."""
+    handle: SendHandle | None = getattr(_current, "handle", None)
+    if handle is not None:
+        handle._attach(sock)
+
+
+def _after_stale(policy: urllib3.Retry | bool, method: str, target: str,
+                 pool: HTTPConnectionPool, cause: OSError) -> urllib3.Retry:
+    """The retry state urllib3 would be in after a pooled connection turned out reset
+    before the request went out (:class:`StaleConnectionError`, a connect error: any
+    method may go again); raises what urllib3 raises when no retry is left."""
+    error = StaleConnectionError(
+        f"upstream closed the pooled connection before the request was sent ({_reason(cause)})")
+    if not isinstance(policy, urllib3.Retry):
+        raise error from cause
+    after = policy.increment(method, target, error=error, _pool=pool)  # may raise MaxRetryError
+    after.sleep()
+    return after
+
+
 class UpstreamClient:
     """Sends requests through one shared, thread-safe :class:`urllib3.PoolManager`."""
 
@@ -359,17 +379,15 @@ class UpstreamClient:
         answered 429 is sent again up to *rate_limit_retries* times (RATE_LIMIT_MAX_RETRIES)
         when the wait it asks for is short (:func:`_rate_limit_wait`).
         """
-        header_dict = urllib3.HTTPHeaderDict()
-        for name, value in headers:
-            if value != urllib3.util.SKIP_HEADER:  # urllib3's sentinel is not a header value
-                header_dict.add(name, value)
-        if "user-agent" not in header_dict:
+        pairs = [(name, value) for name, value in headers
+                 if value != urllib3.util.SKIP_HEADER]  # urllib3's sentinel is no value
+        if not any(name.lower() == "user-agent" for name, _ in pairs):
             # Send no User-Agent rather than urllib3's own: the upstream sees the client.
-            header_dict["User-Agent"] = urllib3.util.SKIP_HEADER
+            pairs.append(("User-Agent", urllib3.util.SKIP_HEADER))
         _current.handle = handle
         try:
             for attempt in range(rate_limit_retries + 1):
-                response = self._send_once(method, url, header_dict, body, timeouts, retries)
+                response = self._send_once(method, url, pairs, body, timeouts, retries)
                 wait = _rate_limit_wait(response, method, attempt, rate_limit_retries)
                 if wait is None or (handle is not None and handle.abort_reason is not None):
                     return response
@@ -385,24 +403,42 @@ class UpstreamClient:
             if handle is not None:
                 handle._finish()
 
-    def _send_once(self, method: str, url: str, headers: urllib3.HTTPHeaderDict,
+    def _send_once(self, method: str, url: str, headers: list[tuple[str, str]],
                    body: bytes | None, timeouts: Timeouts, retries: int
                    ) -> urllib3.BaseHTTPResponse:
+        method = method.upper()
+        policy: urllib3.Retry | bool = retry_policy(retries)
         try:
             # What PoolManager.request() does for a URL without fields or redirects, minus
             # parsing the same few URLs again on every call.
             scheme, host, port, request_uri = _target(url)
             pool = self._pool.connection_from_host(host, port=port, scheme=scheme)
+            if (type(pool) is _HTTPPool and method not in IDEMPOTENT
+                    and (body is None or len(body) <= COALESCE_BODY_BYTES)):
+                # Plain HTTP, a method urllib3 would never send again once it went out,
+                # a body sent with the head: an open pooled connection does the exchange
+                # itself (exchange).
+                try:
+                    fast = exchange.send_on_pooled(pool, method, request_uri, headers, body,
+                                                   timeouts.read, _attach_current)
+                except exchange.Stale as stale:
+                    policy = _after_stale(policy, method, request_uri, pool, stale.cause)
+                else:
+                    if fast is not None:
+                        return fast
+            header_dict = urllib3.HTTPHeaderDict()
+            for name, value in headers:
+                header_dict.add(name, value)
             return pool.urlopen(
-                method.upper(),
+                method,
                 request_uri,
                 body=body,
-                headers=headers,
+                headers=header_dict,
                 preload_content=False,
                 decode_content=False,
                 redirect=False,
                 assert_same_host=False,
-                retries=retry_policy(retries),
+                retries=policy,
                 timeout=_timeout(timeouts),
             )
         except (HTTPError, OSError) as exc:
