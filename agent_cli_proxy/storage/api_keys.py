@@ -27,6 +27,7 @@ import json
 import secrets
 import sqlite3
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from enum import Enum
@@ -162,19 +163,26 @@ def _read_one(conn: sqlite3.Connection, key_id: int) -> dict[str, Any] | None:
 #
 # Most proxies have no managed keys, yet clients present their own provider keys on every
 # call, and each would cost an indexed lookup on a reader whose page cache the last write
-# emptied (about 50 us). While no valid key exists the lookups are skipped. Whether that
-# still holds is checked per call without reading the table: the writer connection's
-# data_version tells whether another process (the `api-keys` CLI, another proxy) committed
-# anything since, and this module's own writes bump a generation. Every write to api_keys
-# in this process goes through the functions below.
+# emptied (about 50 us). While no valid key exists the lookups are skipped. This process's
+# own writes to api_keys bump a generation (every one goes through the functions below),
+# so they count at once. Another process's (the `api-keys` CLI, another proxy) show in the
+# writer connection's data_version, read at most every FOREIGN_RECHECK_S: under load that
+# read costs ~17 us of CPU per call (it lets the row writer in), and a first key created
+# by the CLI is then known within a tenth of a second. Only that transition waits; with
+# keys present every presented key is looked up, so a revocation counts at once.
+
+FOREIGN_RECHECK_S: Final = 0.1
+_monotonic = time.monotonic  # tests move it by hand
+
 
 class _Presence:
-    __slots__ = ("generation", "has_keys", "lock", "version")
+    __slots__ = ("checked_at", "generation", "has_keys", "lock", "version")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.generation = 0  # this process's changes to api_keys
         self.version: int | None = None  # foreign data_version when has_keys was read
+        self.checked_at = 0.0  # _monotonic() when version was last found unchanged
         self.has_keys = True
 
 
@@ -201,10 +209,15 @@ def _keys_changed(db: Database) -> None:
 def any_active_keys(db: Database) -> bool:
     """Whether a non-revoked key may exist (False only when known that none does)."""
     state = _presence(db)
+    now = _monotonic()
+    with state.lock:
+        if state.version is not None and now - state.checked_at < FOREIGN_RECHECK_S:
+            return state.has_keys
     version = db.foreign_data_version()
     with state.lock:
         generation = state.generation
         if version is not None and state.version == version:
+            state.checked_at = now
             return state.has_keys
     with db.read() as conn:
         row = conn.execute(
@@ -214,7 +227,7 @@ def any_active_keys(db: Database) -> bool:
         # Kept only if nothing changed meanwhile in this process; a foreign change after
         # `version` was read shows as another version at the next check.
         if version is not None and state.generation == generation:
-            state.version, state.has_keys = version, has_keys
+            state.version, state.has_keys, state.checked_at = version, has_keys, now
     return has_keys
 
 

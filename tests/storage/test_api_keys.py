@@ -265,7 +265,14 @@ def test_unreadable_allow_list_allows_nothing(db: Database) -> None:
     assert store.list_keys(db)[0]["allowedProviders"] == []
 
 
-def test_any_active_keys_follows_every_writer(db: Database, db_path: Path) -> None:
+def test_any_active_keys_follows_every_writer(db: Database, db_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(store, "_monotonic", lambda: clock[0])
+
+    def later() -> None:  # another process's commits are looked for this often
+        clock[0] += store.FOREIGN_RECHECK_S
+
     now = "2026-11-21T00:00:00.000Z"
     assert store.any_active_keys(db) is False
     assert store.any_active_keys(db) is False  # known without a query now
@@ -278,10 +285,14 @@ def test_any_active_keys_follows_every_writer(db: Database, db_path: Path) -> No
     other = sqlite3.connect(db_path, isolation_level=None)
     try:
         other.execute("INSERT INTO api_keys (key_hash, key_prefix, name) VALUES ('h','p','x')")
+        assert store.any_active_keys(db) is False  # not looked for yet
+        later()
         assert store.any_active_keys(db) is True
         other.execute("UPDATE api_keys SET revoked_at = 'now' WHERE key_hash = 'h'")
+        later()
         assert store.any_active_keys(db) is False
         # While this process writes, the check reads the table instead of waiting.
+        later()
         with db._write_lock:
             other_thread: list[bool] = []
             t = threading.Thread(target=lambda: other_thread.append(store.any_active_keys(db)))
@@ -289,6 +300,7 @@ def test_any_active_keys_follows_every_writer(db: Database, db_path: Path) -> No
             t.join()
             assert other_thread == [False]
             other.execute("UPDATE api_keys SET revoked_at = NULL WHERE key_hash = 'h'")
+            later()
             t = threading.Thread(target=lambda: other_thread.append(store.any_active_keys(db)))
             t.start()
             t.join()

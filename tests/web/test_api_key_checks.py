@@ -1,5 +1,6 @@
-"""The proxy's key check: on pooled readers (no connection per server thread), and always
-current, also when another process (the ``api-keys`` CLI) changes the keys."""
+"""The proxy's key check: on pooled readers (no connection per server thread), and current
+when another process (the ``api-keys`` CLI) changes the keys: a revocation at once, a
+first key within ``FOREIGN_RECHECK_S``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,18 @@ from tests.web.test_api_keys_e2e import GPT, get
 from tests.web.test_relay_formats import post
 
 NOW = "2026-11-21T00:00:00.000Z"
+
+
+@pytest.fixture
+def later(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Moves the clock of the "any keys?" check past its recheck interval."""
+    clock = [1000.0]
+    monkeypatch.setattr(store, "_monotonic", lambda: clock[0])
+
+    def move() -> None:
+        clock[0] += store.FOREIGN_RECHECK_S
+
+    return move
 
 
 @pytest.fixture
@@ -70,7 +83,8 @@ def test_a_key_revoked_by_another_process_is_refused_at_once(strict: RunningProx
     assert len(strict.final_rows(1)) == 1
 
 
-def test_a_key_created_by_another_process_works_at_once(strict: RunningProxy) -> None:
+def test_a_key_created_by_another_process_works_at_the_next_check(
+        strict: RunningProxy, later: Callable[[], None]) -> None:
     assert post(strict, *GPT, {"Authorization": "Bearer acp_" + "0" * 64})[0] == 401
     cli = open_database(strict.settings.db_path)  # the CLI's own Database
     try:
@@ -78,6 +92,8 @@ def test_a_key_created_by_another_process_works_at_once(strict: RunningProxy) ->
                                   allowed_accounts=None, now_iso=NOW)
     finally:
         cli.close()
+    assert post(strict, *GPT, {"Authorization": f"Bearer {key}"})[0] == 401  # not looked for yet
+    later()
     assert post(strict, *GPT, {"Authorization": f"Bearer {key}"})[0] == 200
 
 
@@ -107,7 +123,8 @@ def test_without_managed_keys_presented_keys_are_not_looked_up(
     assert lookups == []
 
 
-def test_a_key_the_original_inserts_is_seen_at_once(strict: RunningProxy) -> None:
+def test_a_key_the_original_inserts_is_seen_at_the_next_check(
+        strict: RunningProxy, later: Callable[[], None]) -> None:
     key = "f" * 64  # the original's key format, written by the original's own process
     assert post(strict, *GPT, {"Authorization": f"Bearer {key}"})[0] == 401
     other = sqlite3.connect(strict.settings.db_path, isolation_level=None)
@@ -116,4 +133,5 @@ def test_a_key_the_original_inserts_is_seen_at_once(strict: RunningProxy) -> Non
                       (store.hash_key(key), key[:8], "original"))
     finally:
         other.close()
+    later()
     assert post(strict, *GPT, {"Authorization": f"Bearer {key}"})[0] == 200
