@@ -43,7 +43,10 @@ from agent_cli_proxy.storage.requests import (
 
 _log = get_logger("lifecycle")
 MAX_BATCH = 256  # writes per transaction: bounds how long one holds the write lock
-LINGER_S = 0.002  # from the first write queued to its batch's transaction
+# From the first write queued to its batch's transaction. Each commit writes the shared
+# pages (table, indexes, daily totals) to the WAL again: at one call at a time, 2 ms gave
+# a commit per ~2 calls and 0.19 ms of writer CPU per call, 10 ms 0.10 ms.
+LINGER_S = 0.010
 MAX_QUEUED = 20_000  # writes waiting; past this, callers wait for room (back-pressure)
 BUSY_RETRY_CAP_S = 2.0  # longest pause before trying a batch again on a locked database
 Finished = Callable[[int, bool], None]
