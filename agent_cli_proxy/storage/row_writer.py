@@ -164,11 +164,11 @@ class RowWriter:
                     self._room.notify_all()
                     return  # closed and drained
                 self._busy = True
-                closing = self._closed
-            if not closing:
+                closing, queued = self._closed, len(self._queue)
+            if not closing and queued < MAX_BATCH:
                 # A moment for more to join the batch: a quick call's outcome joins its
                 # pending row, and the writer keeps off the interpreter lock while the
-                # call that woke it reaches its first byte.
+                # call that woke it reaches its first byte. A full batch goes at once.
                 time.sleep(LINGER_S)
             with self._wake:
                 batch = [self._queue.popleft()

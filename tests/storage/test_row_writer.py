@@ -211,3 +211,25 @@ def test_callers_wait_for_room_once_max_queued_writes_wait(
     assert writer.flush()
     assert all(t.row_id is not None for t in [*tickets, *late])
     writer.close()
+
+
+def test_a_full_batch_is_written_without_waiting_for_more(
+        db: Database, db_path: Path, make_pending: MakePending,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    lingered: list[float] = []
+    sleep = row_writer.time.sleep
+
+    def recording(seconds: float) -> None:
+        if threading.current_thread().name == "row-writer":
+            lingered.append(seconds)
+        sleep(seconds)
+
+    monkeypatch.setattr(row_writer.time, "sleep", recording)
+    writer = RowWriter(db)
+    with writer_waiting(writer, db_path, make_pending):
+        tickets = [writer.submit(make_pending(request_id=f"r{i}"))
+                   for i in range(row_writer.MAX_BATCH + 1)]
+    assert all(isinstance(t.wait(30), int) for t in tickets)
+    # "held" waited for company, the next MAX_BATCH went at once, the last one waited.
+    assert lingered == [row_writer.LINGER_S] * 2
+    writer.close()
