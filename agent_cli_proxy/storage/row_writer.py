@@ -97,6 +97,7 @@ class RowWriter:
         self._room = threading.Condition(lock)  # the queue is below MAX_QUEUED again
         self._busy = False
         self._thread: threading.Thread | None = None
+        self._running = False  # the thread takes writes (until closed and drained)
         self._closed = False
 
     def submit(self, row: PendingRow) -> PendingTicket:
@@ -123,8 +124,8 @@ class RowWriter:
             return self._idle.wait_for(lambda: not self._queue and not self._busy, timeout_s)
 
     def close(self) -> None:
-        """Write everything still queued, then end the thread. Later writes are done by
-        the thread that asks for them."""
+        """Write everything still queued (and what is queued while that lasts), then end
+        the thread. Later writes are done by the thread that asks for them."""
         with self._wake:
             self._closed = True
             thread = self._thread
@@ -140,15 +141,18 @@ class RowWriter:
             # two workers lost a quarter of their throughput.
             while len(self._queue) >= MAX_QUEUED and not self._closed:
                 self._room.wait()
-            if not self._closed:
+            if not self._closed or self._running:
+                # Closed but still draining: queued too, so a call's outcome never goes
+                # ahead of its pending row (written inline, it would find no row yet).
                 self._queue.append(item)
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name="row-writer",
                                                     daemon=True)
+                    self._running = True
                     self._thread.start()
                 self._wake.notify()
                 return
-        # Closed (the server is stopping): written here and now.
+        # Closed and drained (the server is stopping): written here and now.
         self._write([item])
 
     def _run(self) -> None:
@@ -160,6 +164,7 @@ class RowWriter:
                     self._wake.wait()
                 if not self._queue:
                     self._busy = False
+                    self._running = False  # from here on, writes are made inline
                     self._idle.notify_all()
                     self._room.notify_all()
                     return  # closed and drained

@@ -233,3 +233,22 @@ def test_a_full_batch_is_written_without_waiting_for_more(
     # "held" waited for company, the next MAX_BATCH went at once, the last one waited.
     assert lingered == [row_writer.LINGER_S] * 2
     writer.close()
+
+
+def test_an_outcome_queued_while_close_drains_follows_its_pending_row(
+        db: Database, db_path: Path, make_pending: MakePending) -> None:
+    # The server is stopping: close() waits for the writer, and a call still running
+    # ends meanwhile. Written inline, its outcome would go ahead of its pending row
+    # (still queued), find no row and be lost.
+    writer = RowWriter(db)
+    with writer_waiting(writer, db_path, make_pending):
+        late = writer.submit(make_pending(request_id="late"))
+        closer = threading.Thread(target=writer.close)
+        closer.start()
+        wait_until(lambda: writer._closed, what="close() to start")
+        writer.finish(late, fin())  # queued behind its pending row, not written here
+        assert writer.queued == 2
+    closer.join(30)
+    assert late.row_id is not None
+    row = get_request(db, late.row_id)
+    assert row is not None and row["lifecycle_status"] == "completed"
