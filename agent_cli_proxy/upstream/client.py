@@ -336,9 +336,9 @@ def _attach_current(sock: socket.socket) -> None:
 
 def _after_stale(policy: urllib3.Retry | bool, method: str, target: str,
                  pool: HTTPConnectionPool, cause: OSError) -> urllib3.Retry:
-    """The retry state urllib3 would be in after a pooled connection turned out reset
-    before the request went out (:class:`StaleConnectionError`, a connect error: any
-    method may go again); raises what urllib3 raises when no retry is left."""
+    """The retry state urllib3 would be in after writing a request on a pooled connection
+    failed (:class:`StaleConnectionError`, a connect error: any method may go again);
+    raises what urllib3 raises when no retry is left."""
     error = StaleConnectionError(
         f"upstream closed the pooled connection before the request was sent ({_reason(cause)})")
     if not isinstance(policy, urllib3.Retry):
@@ -420,7 +420,8 @@ class UpstreamClient:
                 # itself (exchange).
                 try:
                     fast = exchange.send_on_pooled(pool, method, request_uri, headers, body,
-                                                   timeouts.read, _attach_current)
+                                                   timeouts.connect, timeouts.read,
+                                                   _attach_current)
                 except exchange.Stale as stale:
                     policy = _after_stale(policy, method, request_uri, pool, stale.cause)
                 else:

@@ -14,9 +14,15 @@ exchange in far fewer steps:
 * the answer is read by the standard library's ``http.client`` response (status line,
   headers, 1xx answers, chunked/length/close framing) and wrapped in urllib3's own
   ``HTTPResponse``, as urllib3 does, so reading, releasing and errors stay urllib3's;
-* failures end as urllib3 would end them: a pooled connection found reset before the
-  request went out is retried through urllib3 with the retry already counted, a broken
-  or silent answer raises what ``urlopen`` raises.
+* failures end as urllib3 would end them: a write that fails on the pooled connection
+  (the upstream reset it while idle) is retried through urllib3 with the retry already
+  counted, as the client's connection class makes urllib3 do; a broken or silent answer
+  raises what ``urlopen`` raises, and the connection is closed and its pool slot given
+  back, as ``urlopen`` does.
+
+What differs from urllib3's own response, unused by the proxy: ``version_string``,
+``retries`` and ``shutdown()`` are not set up, and the pool's ``num_requests`` does not
+count the request.
 
 Everything else (no open pooled connection, HTTPS, a method urllib3 may retry on a
 gateway status, a header or target needing ``http.client``'s checks or encodings) returns
@@ -43,12 +49,12 @@ from agent_cli_proxy.upstream.response_headers import FastHeadersResponse
 
 _log = get_logger("upstream")
 
-# A header name of token characters only (what http.client accepts is wider, and checked
-# there); a method and request target without controls, spaces or non-ASCII.
-_NAMES = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
+# A method or header name of token characters only (what http.client accepts is wider,
+# and checked there); a request target without controls, spaces or non-ASCII.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(r"[\x00-\x20\x7f-\U0010ffff]")
-# urllib3 sends Content-Length: 0 without a body for these (body_to_chunks).
-_EXPECTS_BODY = frozenset({"PATCH", "POST", "PUT"})
+# urllib3 sends Content-Length: 0 without a body for any method but these (body_to_chunks).
+_NO_BODY_EXPECTED = frozenset({"GET", "HEAD", "DELETE", "TRACE", "OPTIONS", "CONNECT"})
 # An error reading the answer that urllib3 reports as a read timeout (_raise_timeout).
 _TIMEOUT_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
 # Recent urllib3 versions join a folded header value's lines (older ones keep them as
@@ -58,8 +64,9 @@ _normalize_folded = getattr(urllib3.connection, "_normalize_header_values", None
 
 
 class Stale(Exception):
-    """The pooled connection was reset before the request went out (nothing was sent):
-    the caller retries as urllib3 would (see ``client.StaleConnectionError``)."""
+    """Writing the request on the pooled connection failed (the upstream had reset it
+    while idle): the caller retries as urllib3 would with the client's connection class
+    (see ``client.StaleConnectionError``, which treats a failed first write the same)."""
 
     def __init__(self, cause: OSError) -> None:
         super().__init__(str(cause))
@@ -70,7 +77,7 @@ def request_head(method: str, target: str, host: str, headers: list[tuple[str, s
                  body: bytes | None) -> bytes | None:
     """The request head urllib3 2.x and ``http.client`` write for these arguments, or
     None when it takes their slower path (checks, encodings, chunked framing)."""
-    if _TARGET.search(method) or _TARGET.search(target):
+    if not _TOKEN.fullmatch(method) or _TARGET.search(target):
         return None
     # urllib3's HTTPHeaderDict: names case-insensitive, duplicates written together where
     # the name first appears, under its first spelling; SKIP_HEADER values not written.
@@ -82,7 +89,7 @@ def request_head(method: str, target: str, host: str, headers: list[tuple[str, s
             order[lower] = []
             names[lower] = name
         order[lower].append(value)
-    if "transfer-encoding" in order or not _NAMES.fullmatch("\n".join(names.values())):
+    if "transfer-encoding" in order or not all(_TOKEN.fullmatch(n) for n in names.values()):
         return None
     lines = [f"{method} {target} HTTP/1.1"]
     if "host" not in order:
@@ -92,7 +99,7 @@ def request_head(method: str, target: str, host: str, headers: list[tuple[str, s
     if "content-length" not in order:
         if body is not None:
             lines.append(f"Content-Length: {len(body)}")
-        elif method in _EXPECTS_BODY:
+        elif method not in _NO_BODY_EXPECTED:
             lines.append("Content-Length: 0")
     if "user-agent" not in order:
         return None  # urllib3 would add its own; the client always decides (client.send)
@@ -126,15 +133,18 @@ def _host_header(conn: Any) -> str | None:
 
 def send_on_pooled(pool: HTTPConnectionPool, method: str, target: str,
                    headers: list[tuple[str, str]], body: bytes | None,
-                   read_timeout: float, attach: Callable[[socket.socket], None]
-                   ) -> urllib3.BaseHTTPResponse | None:
+                   connect_timeout: float, read_timeout: float,
+                   attach: Callable[[socket.socket], None]) -> urllib3.BaseHTTPResponse | None:
     """Send over a pooled open connection of *pool* and return urllib3's response with
-    the headers read, or None (nothing sent, nothing taken) when urllib3 must do it.
+    the headers read, or None (nothing sent; a connection taken is given back) when
+    urllib3 must do it.
 
-    *attach* is called with the socket once the request is on the wire (SendHandle).
-    Raises :class:`Stale` (connection given back) when the pooled connection turns out
-    reset before anything was written, and what urllib3 would raise when the answer
-    fails (its ReadTimeoutError, or ProtocolError around the socket or parsing error).
+    The request is written under *connect_timeout* and the answer waited for under
+    *read_timeout*, as urllib3 does. *attach* is called with the socket once the request
+    is on the wire (SendHandle). Raises :class:`Stale` when writing fails, and what
+    urllib3 would raise when the answer does (its ReadTimeoutError, a ProtocolError
+    around the socket or parsing error, its own header checks' errors); the connection
+    is then closed and its pool slot given back.
     """
     conn: Any = pool._get_conn()  # the client's _TrackedHTTPConnection
     sock: socket.socket | None = conn.sock
@@ -145,36 +155,49 @@ def send_on_pooled(pool: HTTPConnectionPool, method: str, target: str,
         pool._put_conn(conn)  # urllib3 takes it again (the pool is last in, first out)
         return None
     assert sock is not None
+    answer: http.client.HTTPResponse | None = None
     try:
-        sock.sendall(head + body if body else head)
-    except OSError as exc:
+        _timeout(sock, connect_timeout)
+        try:
+            sock.sendall(head + body if body else head)
+        except OSError as exc:
+            raise Stale(exc) from exc
+        conn._requests_on_socket += 1
+        attach(sock)
+        try:
+            _timeout(sock, read_timeout)
+            answer = FastHeadersResponse(sock, method=method)
+            answer.begin()
+        except (OSError, http.client.HTTPException) as exc:
+            raise _as_urllib3(exc, pool, target, read_timeout) from exc
+        if answer.will_close:
+            conn.close()  # as http.client's getresponse does; the answer keeps the socket
+        try:
+            assert_header_parsing(answer.msg)
+        except (urllib3.exceptions.HeaderParsingError, TypeError) as exc:
+            _log.warning("upstream.header_parsing", error=str(exc))
+        items = answer.msg.items()
+        if _normalize_folded is not None and any("\r\n" in value for _, value in items):
+            items = _normalize_folded(answer.msg)
+        return urllib3.HTTPResponse(
+            body=answer, headers=urllib3.HTTPHeaderDict(items), status=answer.status,
+            version=answer.version, reason=answer.reason, preload_content=False,
+            decode_content=False, original_response=answer, enforce_content_length=True,
+            request_method=method, request_url=target, pool=pool, connection=conn)
+    except BaseException:
+        # As urlopen: the connection is dropped (the upstream sees it close at once,
+        # which also tells it to stop generating) and its slot goes back to the pool.
+        if answer is not None:
+            answer.close()
         conn.close()
         pool._put_conn(None)
-        raise Stale(exc) from exc
-    conn._requests_on_socket += 1
-    attach(sock)
-    try:
-        sock.settimeout(read_timeout)
-        answer = FastHeadersResponse(sock, method=method)
-        answer.begin()
-    except (OSError, http.client.HTTPException) as exc:
-        conn.close()
-        pool._put_conn(None)
-        raise _as_urllib3(exc, pool, target, read_timeout) from exc
-    if answer.will_close:
-        conn.close()  # as http.client's getresponse does; the answer keeps the socket
-    try:
-        assert_header_parsing(answer.msg)
-    except (urllib3.exceptions.HeaderParsingError, TypeError) as exc:
-        _log.warning("upstream.header_parsing", error=str(exc))
-    items = answer.msg.items()
-    if _normalize_folded is not None and any("\r\n" in value for _, value in items):
-        items = _normalize_folded(answer.msg)
-    return urllib3.HTTPResponse(
-        body=answer, headers=urllib3.HTTPHeaderDict(items), status=answer.status,
-        version=answer.version, reason=answer.reason, preload_content=False,
-        decode_content=False, original_response=answer, enforce_content_length=True,
-        request_method=method, request_url=target, pool=pool, connection=conn)
+        raise
+
+
+def _timeout(sock: socket.socket, seconds: float) -> None:
+    # Each settimeout() is a system call (it sets the descriptor's blocking mode).
+    if sock.gettimeout() != seconds:
+        sock.settimeout(seconds)
 
 
 def _as_urllib3(exc: BaseException, pool: HTTPConnectionPool, target: str,

@@ -1,5 +1,6 @@
 """A request over a pooled connection (upstream.exchange) is the one urllib3 would send,
-byte for byte, and its answer reads the same; anything unusual is left to urllib3."""
+byte for byte, its answer reads the same and its failures end the same; anything unusual
+is left to urllib3."""
 
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Trace: a\r\nX-Tra
 
 class Recorder:
     """A keep-alive loopback upstream that records each request's bytes and answers
-    each with *answer*."""
+    each with *answer* (or the next of *later* answers, then *answer* again)."""
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes, *later: bytes) -> None:
         self.answer = answer
+        self.later = list(later)
         self.requests: list[bytes] = []
+        self.hung_up = threading.Event()  # a client closed its connection
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -47,6 +50,7 @@ class Recorder:
                 while b"\r\n\r\n" not in data:
                     more = conn.recv(65536)
                     if not more:
+                        self.hung_up.set()
                         return
                     data += more
                 head, _, data = data.partition(b"\r\n\r\n")
@@ -56,7 +60,8 @@ class Recorder:
                     data += conn.recv(65536)
                 self.requests.append(head + b"\r\n\r\n" + data[:length])
                 data = data[length:]
-                conn.sendall(self.answer)
+                conn.sendall(self.later.pop(0) if len(self.requests) > 1 and self.later
+                             else self.answer)
 
 
 @pytest.fixture
@@ -68,12 +73,16 @@ def recorder() -> Iterator[Recorder]:
 
 @pytest.fixture
 def fast_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Whether each send went through the pooled fast path."""
+    """Whether each send went through the pooled fast path (or failed there)."""
     calls: list[bool] = []
     original = exchange.send_on_pooled
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        answer = original(*args, **kwargs)
+        try:
+            answer = original(*args, **kwargs)
+        except Exception:
+            calls.append(True)  # it sent the request, and failed as urlopen would
+            raise
         calls.append(answer is not None)
         return answer
 
@@ -101,6 +110,21 @@ HEADER_SETS = [
     pytest.param([("User-Agent", "t")], None, id="post-without-body"),
     pytest.param([("User-Agent", urllib3.util.SKIP_HEADER), ("X-A", "1")], b"x", id="skip-ua"),
 ]
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH", "MKCOL", "PURGE"])
+def test_a_bodiless_request_is_framed_as_urllib3_frames_it(
+        recorder: Recorder, fast_calls: list[bool], method: str) -> None:
+    client = UpstreamClient(maxsize=2)
+    try:
+        for _ in range(2):
+            send_and_read(client, recorder.url + "/v1/x", [("User-Agent", "t")], None,
+                          method=method)
+    finally:
+        client.close()
+    assert fast_calls == [False, True]
+    assert recorder.requests[0] == recorder.requests[1]
+    assert b"\r\nContent-Length: 0\r\n" in recorder.requests[1]
 
 
 @pytest.mark.parametrize(("headers", "body"), HEADER_SETS)
@@ -149,6 +173,8 @@ def test_an_idempotent_method_stays_with_urllib3(recorder: Recorder,
 @pytest.mark.parametrize(("method", "target", "headers"), [
     ("POST", "/v1/x", [("X-A", "a\r\nX-Injected: 1"), ("User-Agent", "t")]),
     ("POST", "/v1/x", [("Bad Name", "1"), ("User-Agent", "t")]),
+    ("POST", "/v1/x", [("X-A\nX-Injected", "1"), ("User-Agent", "t")]),
+    ("PO(ST", "/v1/x", [("User-Agent", "t")]),
     ("POST", "/v1/x", [("X-Price", "€"), ("User-Agent", "t")]),
     ("POST", "/v1/x", [("Transfer-Encoding", "chunked"), ("User-Agent", "t")]),
     ("POST", "/v1/x", [("X-A", urllib3.util.SKIP_HEADER), ("User-Agent", "t")]),
@@ -188,3 +214,24 @@ def test_host_header_is_http_clients() -> None:
     assert exchange._host_header(Conn("127.0.0.1", 8317)) == "127.0.0.1:8317"
     assert exchange._host_header(Conn("::1", 8317)) == "[::1]:8317"
     assert exchange._host_header(Conn("bücher.example", 80)) is None  # IDNA: urllib3's
+
+
+def test_an_answer_urllib3_refuses_drops_the_connection_at_once(fast_calls: list[bool]) -> None:
+    # Two lengths that disagree: urllib3's response refuses them. The connection must be
+    # closed (the upstream sees it go) and its pool slot given back, as urlopen does.
+    rec = Recorder(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                   b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok")
+    client = UpstreamClient(maxsize=2)
+    try:
+        send_and_read(client, rec.url + "/v1/x", [("User-Agent", "t")], b"{}")
+        with pytest.raises(client_module.UpstreamError) as caught:
+            client.send("POST", rec.url + "/v1/x", [("User-Agent", "t")], b"{}", TIMEOUTS)
+        assert caught.value.kind == "protocol"
+        assert rec.hung_up.wait(10)
+        pool = client._pool.connection_from_url(rec.url)
+        assert pool.pool is not None and pool.pool.qsize() == 2  # every slot is back
+        assert send_and_read(client, rec.url + "/v1/x", [("User-Agent", "t")], b"{}")[0] == 200
+    finally:
+        client.close()
+        rec.server.close()
+    assert fast_calls == [False, True, False]  # the last one on a new connection
