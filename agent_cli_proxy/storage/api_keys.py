@@ -166,10 +166,11 @@ def _read_one(conn: sqlite3.Connection, key_id: int) -> dict[str, Any] | None:
 # emptied (about 50 us). While no valid key exists the lookups are skipped. This process's
 # own writes to api_keys bump a generation (every one goes through the functions below),
 # so they count at once. Another process's (the `api-keys` CLI, another proxy) show in the
-# writer connection's data_version, read at most every FOREIGN_RECHECK_S: under load that
-# read costs ~17 us of CPU per call (it lets the row writer in), and a first key created
-# by the CLI is then known within a tenth of a second. Only that transition waits; with
-# keys present every presented key is looked up, so a revocation counts at once.
+# writer connection's data_version, read again once FOREIGN_RECHECK_S has passed (by each
+# thread that finds it so at that moment): read per call under load it cost ~17 us of
+# CPU (it lets the row writer in), and a first key created by the CLI is known within a
+# tenth of a second. Only that transition waits; with keys present every presented key is
+# looked up, so a revocation counts at once.
 
 FOREIGN_RECHECK_S: Final = 0.1
 _monotonic = time.monotonic  # tests move it by hand
