@@ -163,6 +163,11 @@ class StaleConnectionError(ConnectTimeoutError):
     sent, so even a POST may go again on a fresh connection (within UPSTREAM_MAX_RETRIES).
     """
 
+    @classmethod
+    def on_write(cls, cause: OSError) -> StaleConnectionError:
+        return cls("upstream closed the pooled connection before the request was sent "
+                   f"({_reason(cause)})")
+
 
 # A request body up to this size goes out in one write with the request head (see
 # _Tracked.send); a larger one is written on its own, where one more system call is
@@ -223,9 +228,7 @@ class _Tracked:
             # EPIPE/ECONNRESET here (to read an early answer) and then fail reading, an
             # error it must treat as "the upstream may have started".
             if reused and not self._wrote:
-                raise StaleConnectionError(
-                    "upstream closed the pooled connection before the request "
-                    f"was sent ({_reason(exc)})") from exc
+                raise StaleConnectionError.on_write(exc) from exc
             raise
         finally:
             self._hold_head, self._held = False, None
@@ -339,8 +342,7 @@ def _after_stale(policy: urllib3.Retry | bool, method: str, target: str,
     """The retry state urllib3 would be in after writing a request on a pooled connection
     failed (:class:`StaleConnectionError`, a connect error: any method may go again);
     raises what urllib3 raises when no retry is left."""
-    error = StaleConnectionError(
-        f"upstream closed the pooled connection before the request was sent ({_reason(cause)})")
+    error = StaleConnectionError.on_write(cause)
     if not isinstance(policy, urllib3.Retry):
         raise error from cause
     after = policy.increment(method, target, error=error, _pool=pool)  # may raise MaxRetryError
