@@ -11,7 +11,7 @@ Runs wrk at concurrency 1 (the non-streaming canned call, as ``run.py`` does) ag
 * ``pass-through``: the same server, the app forwarding the body to nginx through one
   urllib3 pool (``urlopen``, as the proxy did before ``upstream/exchange.py``) and
   answering with what came back: the least any proxy on this stack does;
-* ``proxy``: ``agent-cli-proxy serve`` with its defaults.
+* ``proxy``: ``agent-cli-proxy serve`` with its defaults, started as ``run.py`` starts it.
 
 and prints each one's p50 and what it adds over ``direct``. The difference between
 ``pass-through`` and ``proxy`` is the proxy's own per-call work (routing, identification,
@@ -31,7 +31,9 @@ from typing import Any
 import repo_path  # noqa: F401  (the checkout's agent_cli_proxy)
 import upstream_nginx
 import wrk as wrk_runs
-from processes import Procs, free_port, proxy_command, python_env, wait_http_ok
+from context import FULL, Bench
+from processes import free_port, python_env
+from proxy_process import start_proxy
 from run import find_tool
 
 KINDS = ("direct", "waitress", "pass-through", "proxy")
@@ -87,49 +89,37 @@ def main() -> int:
     if nginx is None or wrk is None:
         print("needs nginx and wrk", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="acp-floor-"))
-    procs = Procs()
+    bench = Bench(plan=FULL, nginx=nginx, wrk=wrk, threads=None,
+                  workdir=Path(tempfile.mkdtemp(prefix="acp-floor-")))
+    procs = bench.procs
     p50: dict[str, list[float]] = {kind: [] for kind in KINDS}
     try:
         calls = upstream_nginx.canned_calls()
         call = calls["nonstream"]
-        upstream = upstream_nginx.start_nginx(procs, nginx, workdir, calls)
+        upstream = upstream_nginx.start_nginx(procs, nginx, bench.workdir, calls)
         upstream_port = upstream.url.rsplit(":", 1)[1]
-        script = workdir / "call.lua"
+        script = bench.workdir / "call.lua"
         script.write_text(wrk_runs.lua_script(call.request_body, call.request_headers))
-        (workdir / "empty.env").touch()
         for repeat in range(args.repeat):
             for kind in KINDS:
                 proc, url = None, upstream.url
-                if kind != "direct":
+                if kind == "proxy":
+                    proxy, _ = start_proxy(bench, f"proxy-{repeat}", upstream.url)
+                    proc, url = proxy.proc, proxy.url
+                elif kind != "direct":
                     port = free_port()
                     url = f"http://127.0.0.1:{port}"
-                    if kind == "proxy":
-                        env = python_env() | {
-                            "CLI_PROXY_API_URL": upstream.url, "PROXY_HOST": "127.0.0.1",
-                            "PROXY_PORT": str(port), "DB_PATH": str(workdir / "proxy.db"),
-                            "PRICING_CACHE_PATH": str(workdir / "pricing.json"),
-                            "PRICING_URL": "http://127.0.0.1:9/api.json", "LOG_LEVEL": "warn"}
-                        argv = [*proxy_command(), "serve", "--env-file",
-                                str(workdir / "empty.env")]
-                        ready = "/ready"
-                    else:
-                        env = python_env()
-                        argv = [sys.executable, __file__, "--serve", kind, str(port),
-                                upstream_port]
-                        ready = call.path
-                    log = workdir / f"{kind}.log"
-                    proc = procs.spawn(kind, argv, log=log, env=env)
-                    if kind == "proxy":
-                        wait_http_ok(url + ready, proc, timeout_s=30, log=log)
-                    else:
-                        wait_for_post(url + ready, call.request_body)
+                    proc = procs.spawn(kind, [sys.executable, __file__, "--serve", kind,
+                                              str(port), upstream_port],
+                                       log=bench.workdir / f"{kind}.log", env=python_env())
+                    wait_for_post(url + call.path, call.request_body)
                 target = url + call.path
                 # A short warm-up run (pools, caches), then the measured one.
                 wrk_runs.run_wrk(procs, wrk, target, script, connections=1, duration_s=1,
-                                 log=workdir / "warm-up.log")
+                                 log=bench.workdir / "warm-up.log")
                 result = wrk_runs.run_wrk(procs, wrk, target, script, connections=1,
-                                          duration_s=args.seconds, log=workdir / f"{kind}.wrk")
+                                          duration_s=args.seconds,
+                                          log=bench.workdir / f"{kind}.wrk")
                 p50[kind].append(result.p50_ms)
                 print(f"[{repeat + 1}/{args.repeat}] {kind}: p50 {result.p50_ms:.3f} ms, "
                       f"{result.rps:,.0f} req/s", flush=True)
