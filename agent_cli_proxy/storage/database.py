@@ -80,6 +80,9 @@ class Database:
         # Injectable so tests can act between retries without sleeping.
         self.retry_sleep: Callable[[float], None] = time.sleep
         self._write_lock = threading.Lock()
+        # data_version read as the current write transaction began (None outside one):
+        # no other connection can commit until it ends, so it stays exact meanwhile.
+        self._version_in_write: int | None = None
         self._readers_lock = threading.Lock()
         self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._idle: list[sqlite3.Connection] = []  # pooled readers nobody holds
@@ -138,25 +141,35 @@ class Database:
             conn = self._require_open(self._writer)
             self._begin_immediate(conn)
             try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            try:
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                try:
+                    self._version_in_write = conn.execute("PRAGMA data_version").fetchone()[0]
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                try:
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            finally:
+                self._version_in_write = None
 
     def foreign_data_version(self) -> int | None:
         """``PRAGMA data_version`` of the writer connection: it changes exactly when
         another connection (another process: the CLI, another proxy) has committed since,
-        never for this process's own writes. None when the writer is busy now (the caller
-        must then assume anything may have changed): it is not waited for."""
+        never for this process's own writes. Never waits for the writer: while it is in a
+        write transaction, the value read as that began (nobody else can commit before it
+        ends); None when it is busy otherwise (the caller must then assume anything may
+        have changed).
+
+        The row writer is in a transaction much of the time under load, and a thread
+        waiting on it would hold the interpreter lock's queue up: hence no waiting.
+        """
         if not self._write_lock.acquire(blocking=False):
-            return None
+            return self._version_in_write
         try:
             conn = self._require_open(self._writer)
             version: int = conn.execute("PRAGMA data_version").fetchone()[0]

@@ -305,6 +305,37 @@ def test_any_active_keys_follows_every_writer(db: Database, db_path: Path,
             t.start()
             t.join()
             assert other_thread == [False, True]
+        # In a write transaction of this process, the data_version read as it began
+        # stands in: nobody else can commit before it ends.
+        assert store.any_active_keys(db) is True  # the version that goes with it
+        later()
+        with db.write():
+            assert _checked_in_thread(db, monkeypatch, table_read=False) is True
+        other.execute("UPDATE api_keys SET revoked_at = 'now' WHERE key_hash = 'h'")
+        later()
+        with db.write():  # began after the foreign commit: the table is read again
+            assert _checked_in_thread(db, monkeypatch, table_read=True) is False
     finally:
         other.close()
-    assert store.any_active_keys(db) is True
+    assert store.any_active_keys(db) is False
+
+
+def _checked_in_thread(db: Database, monkeypatch: pytest.MonkeyPatch, *,
+                       table_read: bool) -> bool:
+    """any_active_keys from another thread (this one holds the writer), asserting
+    whether it read the api_keys table."""
+    reads: list[bool] = []
+    answers: list[bool] = []
+    real_read = db.read
+
+    def read() -> Any:
+        reads.append(True)
+        return real_read()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(db, "read", read)
+        t = threading.Thread(target=lambda: answers.append(store.any_active_keys(db)))
+        t.start()
+        t.join()
+    assert bool(reads) is table_read
+    return answers[0]
