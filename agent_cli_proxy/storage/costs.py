@@ -60,6 +60,9 @@ class PricedCost(Protocol):
     def price_key(self) -> str | None: ...
     @property
     def detail(self) -> Mapping[str, object]: ...
+    @property
+    def detail_json(self) -> str:
+        """The audit detail as compact JSON text."""
 
 
 Pricer = Callable[[str | None, str | None, Usage], PricedCost]
@@ -242,8 +245,7 @@ def _apply(db: Database, changes: list[_Plan], calc_at: str) -> list[_Plan]:
                                      plan.cost):
                 conn.execute(_AUDIT, (
                     row["id"], row["priced_model"], row["provider"], audit_source(plan.status),
-                    plan.cost, calc_at, result.rule, result.price_key,
-                    json.dumps(dict(result.detail), separators=(",", ":"), default=str)))
+                    plan.cost, calc_at, result.rule, result.price_key, result.detail_json))
     return applied
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
-import functools
+import json
 import math
 from dataclasses import dataclass
 from decimal import Decimal
@@ -37,6 +37,7 @@ from typing import Literal
 from agent_cli_proxy.usage.model import Usage
 from agent_cli_proxy.usage.pricing import (
     MAX_MODEL_NAME_LENGTH,
+    PriceEntry,
     PriceMatch,
     PriceTable,
     Rates,
@@ -51,21 +52,64 @@ CostStatus = Literal["ok", "pending", "unsupported"]
 # Placeholders clients and the pre-log write when no model is known: never priceable.
 UNSUPPORTED_MODELS = frozenset({"", "unknown", "undefined"})
 
-_PER_TOKEN = Decimal(1_000_000)
 _PLACES = Decimal("1e-12")
+_EXACT = decimal.Context(prec=60)  # exact for any realistic token count
+# The detail's JSON: compact, as the cost audit has always stored it.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 # Anthropic bills one-hour cache writes at 2x base input (five-minute writes: 1.25x, which
 # is models.dev's `cache_write`); models.dev has no field for the one-hour price.
 _ANTHROPIC_1H_WRITE = Decimal(2)
 
 
-@dataclass(frozen=True, slots=True)
 class CostResult:
-    cost_usd: float
-    status: CostStatus
-    rule: str | None
-    price_key: str | None
-    detail: dict[str, object]
-    """JSON-able: lookup, rates, tier, per-bucket tokens/rate/USD, table source + date."""
+    """One call's price: USD, status, how it was found, and the audit detail.
+
+    ``detail`` is JSON-able: lookup, rates, tier, per-bucket tokens/rate/USD, table source
+    and date. A priced call's detail is built as JSON text (:attr:`detail_json`, what the
+    cost audit stores) and read back into a dict only when asked for: each call prices
+    once and stores the text, and building the dict and encoding it again cost as much as
+    the rest of the pricing.
+    """
+
+    __slots__ = ("_detail", "_detail_json", "cost_usd", "price_key", "rule", "status")
+
+    def __init__(self, cost_usd: float, status: CostStatus, rule: str | None,
+                 price_key: str | None, detail: dict[str, object] | None = None, *,
+                 detail_json: str | None = None) -> None:
+        if (detail is None) == (detail_json is None):
+            raise ValueError("give the detail either as a dict or as JSON text")
+        self.cost_usd = cost_usd
+        self.status = status
+        self.rule = rule
+        self.price_key = price_key
+        self._detail = detail
+        self._detail_json = detail_json
+
+    @property
+    def detail(self) -> dict[str, object]:
+        if self._detail is None:
+            assert self._detail_json is not None
+            self._detail = json.loads(self._detail_json)
+        return self._detail
+
+    @property
+    def detail_json(self) -> str:
+        """The detail as compact JSON (``,`` and ``:`` without spaces)."""
+        if self._detail_json is None:
+            self._detail_json = _COMPACT_JSON.encode(self._detail)
+        return self._detail_json
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CostResult):
+            return NotImplemented
+        return (self.cost_usd, self.status, self.rule, self.price_key, self.detail) == (
+            other.cost_usd, other.status, other.rule, other.price_key, other.detail)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable detail, as a dataclass's
+
+    def __repr__(self) -> str:
+        return (f"CostResult({self.cost_usd!r}, {self.status!r}, {self.rule!r}, "
+                f"{self.price_key!r}, {self.detail!r})")
 
 
 class _BadPrice(ValueError):
@@ -79,27 +123,17 @@ def _dec(rate: float) -> Decimal:
 
 
 def _usd(value: Decimal) -> float:
-    return float(value.quantize(_PLACES))
+    return float(value.quantize(_PLACES, context=_EXACT))
 
 
 def _rates_json(rates: Rates) -> dict[str, object]:
-    return dict(_rates_items(rates))  # a fresh dict: the detail is the caller's
+    return {field.name: getattr(rates, field.name) for field in dataclasses.fields(rates)}
 
 
-# Rates are frozen values and a price table has a few thousand of them at most: what is
-# derived from one is computed once, not on every priced call.
-@functools.lru_cache(maxsize=1024)
-def _rates_items(rates: Rates) -> tuple[tuple[str, object], ...]:
-    return tuple((field.name, getattr(rates, field.name)) for field in dataclasses.fields(rates))
-
-
-def _tier_for(tiers: tuple[Tier, ...], input_tokens: int) -> Tier | None:
-    """The highest tier whose threshold the request's total input exceeds."""
-    chosen = None
-    for tier in sorted(tiers, key=lambda t: t.min_input_tokens):
-        if input_tokens > tier.min_input_tokens:
-            chosen = tier
-    return chosen
+def _members(items: dict[str, object]) -> str:
+    """The JSON members of *items* without the braces, to splice into a larger object."""
+    text: str = _COMPACT_JSON.encode(items)
+    return text[1:-1]
 
 
 def _effective(base: Rates, tier: Tier | None) -> Rates:
@@ -116,10 +150,9 @@ def _effective(base: Rates, tier: Tier | None) -> Rates:
     )
 
 
-@functools.lru_cache(maxsize=1024)
-def _bucket_rates(rates: Rates, anthropic: bool) -> dict[str, tuple[Decimal, str]]:
-    """Per bucket: (USD per 1M tokens, which price it came from). Cached: never change
-    the dict returned."""
+def _bucket_rates(rates: Rates, anthropic: bool) -> tuple[tuple[Decimal, str], ...]:
+    """Per bucket (in :data:`_BUCKETS` order): USD per 1M tokens, and which price it came
+    from."""
     input_ = _dec(rates.input)
 
     def listed(value: float | None, name: str, fallback: tuple[Decimal, str]
@@ -128,72 +161,129 @@ def _bucket_rates(rates: Rates, anthropic: bool) -> dict[str, tuple[Decimal, str
 
     write_5m = listed(rates.cache_write, "cache_write", (input_, "input"))
     default_1h = (input_ * _ANTHROPIC_1H_WRITE, "2x input") if anthropic else write_5m
-    return {
-        "prompt": (input_, "input"),
-        "cache_read": listed(rates.cache_read, "cache_read", (input_, "input")),
-        "cache_write_5m": write_5m,
-        "cache_write_1h": listed(rates.cache_write_1h, "cache_write_1h", default_1h),
-        "output": (_dec(rates.output), "output"),
-        "reasoning": listed(rates.reasoning, "reasoning", (_dec(rates.output), "output")),
-    }
+    return (
+        (input_, "input"),
+        listed(rates.cache_read, "cache_read", (input_, "input")),
+        write_5m,
+        listed(rates.cache_write_1h, "cache_write_1h", default_1h),
+        (_dec(rates.output), "output"),
+        listed(rates.reasoning, "reasoning", (_dec(rates.output), "output")),
+    )
 
 
-def _buckets(usage: Usage) -> dict[str, int]:
-    """Disjoint token counts; breakdowns are clamped to their parent, negatives to 0."""
+_BUCKETS = ("prompt", "cache_read", "cache_write_5m", "cache_write_1h", "output", "reasoning")
+
+
+def _buckets(usage: Usage) -> tuple[int, ...]:
+    """Disjoint token counts in :data:`_BUCKETS` order; breakdowns are clamped to their
+    parent, negatives to 0."""
     completion = max(usage.completion_tokens, 0)
     creation = max(usage.cache_creation_tokens, 0)
     reasoning = min(max(usage.reasoning_tokens, 0), completion)
     creation_1h = min(max(usage.cache_creation_1h_tokens, 0), creation)
-    return {
-        "prompt": max(usage.prompt_tokens, 0),
-        "cache_read": max(usage.cache_read_tokens, 0),
-        "cache_write_5m": creation - creation_1h,
-        "cache_write_1h": creation_1h,
-        "output": completion - reasoning,
-        "reasoning": reasoning,
-    }
+    return (max(usage.prompt_tokens, 0), max(usage.cache_read_tokens, 0),
+            creation - creation_1h, creation_1h, completion - reasoning, reasoning)
 
 
-def _priced(match: PriceMatch, usage: Usage, detail: dict[str, object]) -> CostResult:
-    entry = match.entry
-    tokens = _buckets(usage)
-    input_total = tokens["prompt"] + tokens["cache_read"] + tokens["cache_write_5m"] \
-        + tokens["cache_write_1h"]
-    tier = _tier_for(entry.tiers, input_total)
-    anthropic = entry.provider == "anthropic" or vendor_providers(entry.model) == ("anthropic",)
+@dataclass(frozen=True, slots=True)
+class _Rated:
+    """The rates in force at one tier of an entry (or at none), with the detail's JSON
+    around the numbers that change from call to call."""
+
+    tail: str
+    """The members after ``input_tokens_total``: ``,"anthropic_vendor":…,"tier":…``."""
+    buckets: tuple[tuple[Decimal, str, str], ...]
+    """Per bucket: USD per token, and the JSON before its token count and from after it
+    to ``"usd":``."""
+    error: str | None = None
+    """Why these rates cannot price anything (a rate that is negative or not finite)."""
+
+
+def _rated(entry: PriceEntry, tier: Tier | None, anthropic: bool) -> _Rated:
     rates = _effective(entry.rates, tier)
-    detail.update({
-        "lookup": match.lookup, "rule": match.rule, "price_key": entry.key,
-        "price_source": entry.source, "rates": _rates_json(entry.rates),
-        "input_tokens_total": input_total, "anthropic_vendor": anthropic,
-        "tier": None if tier is None else {
-            "min_input_tokens": tier.min_input_tokens, "rates": _rates_json(rates)},
+    tail = "," + _members({
+        "anthropic_vendor": anthropic,
+        "tier": None if tier is None else {"min_input_tokens": tier.min_input_tokens,
+                                           "rates": _rates_json(rates)},
     })
-    total = Decimal(0)
-    buckets: dict[str, object] = {}
     try:
         per_bucket = _bucket_rates(rates, anthropic)
-        with decimal.localcontext(prec=60):  # exact for any realistic token count
-            for name, count in tokens.items():
-                rate, rate_from = per_bucket[name]
-                usd = Decimal(count) * rate / _PER_TOKEN
-                total += usd
-                buckets[name] = {"tokens": count, "rate": float(rate),
-                                 "rate_from": rate_from, "usd": _usd(usd)}
+    except _BadPrice as bad:
+        # Only a hand-built table gets here; a wrong number stored as `ok` would be worse
+        # than an unpriced row the backfill can revisit.
+        return _Rated(tail, (), f"cannot price: {bad!r}")
+    buckets = tuple(
+        (rate.scaleb(-6, context=_EXACT),
+         ("," if i else "") + f'"{name}":{{"tokens":',
+         "," + _members({"rate": float(rate), "rate_from": rate_from}) + ',"usd":')
+        for i, (name, (rate, rate_from)) in enumerate(zip(_BUCKETS, per_bucket, strict=True)))
+    return _Rated(tail, buckets)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pricer:
+    """How one (model, API provider) is priced by one table, derived once: the match, the
+    detail's JSON up to ``input_tokens_total``, and the rates of each long-context tier."""
+
+    match: PriceMatch
+    head: str
+    thresholds: tuple[int, ...]
+    """Tier thresholds, ascending; ``rated[i + 1]`` applies above ``thresholds[i]``."""
+    rated: tuple[_Rated, ...]
+    """At no tier, then at each tier of :attr:`thresholds`."""
+
+
+def _pricer(table: PriceTable, model: str | None, api_provider: str | None,
+            match: PriceMatch) -> _Pricer:
+    entry = match.entry
+    anthropic = entry.provider == "anthropic" or vendor_providers(entry.model) == ("anthropic",)
+    head = "{" + _members({
+        "model": model, "api_provider": api_provider,
+        "table_source": table.source, "fetched_at": table.fetched_at,
+        "lookup": match.lookup, "rule": match.rule, "price_key": entry.key,
+        "price_source": entry.source, "rates": _rates_json(entry.rates),
+    }) + ',"input_tokens_total":'
+    # Ties in a threshold: the later tier wins, as it always has.
+    tiers = sorted(entry.tiers, key=lambda t: t.min_input_tokens)
+    return _Pricer(match, head, tuple(t.min_input_tokens for t in tiers),
+                   tuple(_rated(entry, tier, anthropic) for tier in (None, *tiers)))
+
+
+def _priced(pricer: _Pricer, usage: Usage) -> CostResult:
+    tokens = _buckets(usage)
+    input_total = tokens[0] + tokens[1] + tokens[2] + tokens[3]
+    # The highest tier whose threshold the request's total input exceeds.
+    rated = pricer.rated[sum(1 for t in pricer.thresholds if input_total > t)]
+    text = [pricer.head, str(input_total), rated.tail]
+    entry = pricer.match
+    if rated.error is None:
+        total = Decimal(0)
+        text.append(',"buckets":{')
+        try:
+            for count, (per_token, before, after) in zip(tokens, rated.buckets, strict=True):
+                if not count:  # most buckets of most calls
+                    text += (before, "0", after, "0.0}")
+                    continue
+                usd = _EXACT.multiply(per_token, count)
+                total = _EXACT.add(total, usd)
+                text += (before, str(count), after, repr(_usd(usd)), "}")
             cost = _usd(total)
-    except (_BadPrice, ArithmeticError) as bad:
-        # Only a hand-built table or an absurd token count gets here; a wrong number
-        # stored as `ok` would be worse than an unpriced row the backfill can revisit.
-        detail["guard"] = f"cannot price: {bad!r}"
-        return CostResult(0.0, "pending", match.rule, entry.key, detail)
-    detail["buckets"] = buckets
-    detail["cost_usd"] = cost
-    return CostResult(cost, "ok", match.rule, entry.key, detail)
+        except ArithmeticError as bad:  # an absurd token count
+            del text[3:]
+            error = f"cannot price: {bad!r}"
+        else:
+            text.append(f'}},"cost_usd":{cost!r}}}')
+            return CostResult(cost, "ok", entry.rule, entry.entry.key,
+                              detail_json="".join(text))
+    else:
+        error = rated.error
+    text.append(',"guard":' + _COMPACT_JSON.encode(error) + "}")
+    return CostResult(0.0, "pending", entry.rule, entry.entry.key, detail_json="".join(text))
 
 
 class _Matches:
-    """Price lookups of one (immutable) price table, remembered: a name is matched through
-    a chain of rewrites, the same few names come back on every call, and the answer only
+    """Pricers of one (immutable) price table, remembered: a name is matched through a
+    chain of rewrites, the same few names come back on every call, and the answer only
     changes with the table."""
 
     __slots__ = ("found", "table")
@@ -201,14 +291,14 @@ class _Matches:
 
     def __init__(self, table: PriceTable) -> None:
         self.table = table
-        self.found: dict[tuple[str | None, str | None], PriceMatch | None] = {}
+        self.found: dict[tuple[str | None, str | None], _Pricer | None] = {}
 
 
 _matches: _Matches | None = None
 
 
-def _match(table: PriceTable, model: str | None, api_provider: str | None
-           ) -> PriceMatch | None:
+def _pricer_for(table: PriceTable, model: str | None, api_provider: str | None
+                ) -> _Pricer | None:
     global _matches
     memo = _matches
     if memo is None or memo.table is not table:
@@ -221,10 +311,11 @@ def _match(table: PriceTable, model: str | None, api_provider: str | None
     except KeyError:
         pass
     match = table.match(model, api_provider)
+    pricer = None if match is None else _pricer(table, model, api_provider, match)
     if len(memo.found) >= _Matches.LIMIT:
         memo.found.clear()
-    memo.found[key] = match
-    return match
+    memo.found[key] = pricer
+    return pricer
 
 
 def compute_cost(table: PriceTable, model: str | None, api_provider: str | None,
@@ -245,9 +336,9 @@ def compute_cost(table: PriceTable, model: str | None, api_provider: str | None,
                       model_length=len(model.strip()), rule="name-too-long",
                       reason=f"model name longer than {MAX_MODEL_NAME_LENGTH} characters")
         return CostResult(0.0, "unsupported", None, None, detail)
-    match = _match(table, model, api_provider)
-    if match is None:
+    pricer = _pricer_for(table, model, api_provider)
+    if pricer is None:
         # Pending, not 0-and-ok: the backfill retries when the price table learns the model.
         detail.update(lookup=normalise(model), reason="no price for model")
         return CostResult(0.0, "pending", None, None, detail)
-    return _priced(match, usage, detail)
+    return _priced(pricer, usage)

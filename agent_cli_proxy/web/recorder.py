@@ -242,7 +242,7 @@ class CallRecorder:
             cost_status=cost.status,
             cost_rule=cost.rule,
             cost_price_key=cost.price_key,
-            cost_detail_json=_COMPACT_JSON.encode(cost.detail),
+            cost_detail_json=cost.detail_json,
         )
         if self._ticket is not None and self._rows is not None:
             self._rows.finish(self._ticket, fin,

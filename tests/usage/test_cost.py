@@ -156,6 +156,8 @@ def _assert_reproducible(result: CostResult) -> None:
     """The detail alone is enough to recompute the number."""
     detail = result.detail
     assert json.loads(json.dumps(detail)) == detail
+    # The text the audit stores is the compact encoding of the same detail.
+    assert result.detail_json == json.dumps(detail, separators=(",", ":"))
     buckets = detail["buckets"]
     assert isinstance(buckets, dict)
     total = sum(b["tokens"] * b["rate"] for b in buckets.values()) / 1e6
@@ -332,7 +334,8 @@ def test_never_raises_never_negative(table: PriceTable, model: str | None, hint:
     result = compute_cost(table, model, hint, usage)
     assert math.isfinite(result.cost_usd) and result.cost_usd >= 0
     assert result.status in ("ok", "pending", "unsupported")
-    json.dumps(result.detail)
+    assert json.loads(result.detail_json) == result.detail
+    assert result.detail_json == json.dumps(result.detail, separators=(",", ":"))
 
 
 @settings(max_examples=300, deadline=None)
