@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
+    "INPUT_HEADERS",
     "RULES",
     "TOOLS",
     "HeaderLookup",
@@ -361,11 +362,38 @@ def _client_id(
     return f"{tool}-{suffix}" if suffix else tool
 
 
+# Every header identification reads. The answer depends on nothing else but the key and
+# the name mapping, so it can be remembered by their values (see identify's *seen*).
+INPUT_HEADERS: tuple[str, ...] = tuple(dict.fromkeys([
+    *(cond.header for rule in RULES for cond in rule.when),
+    *(cond.header for info in (*TOOLS.values(), _GENERIC) for cond in info.versions),
+    *(name for info in (*TOOLS.values(), _GENERIC) for name in info.sessions),
+    *_AGENT_HEADERS,
+]))
+
+
+class _Remembered:
+    """Identities by the values of :data:`INPUT_HEADERS` and the key, for one name
+    mapping. A tool sends the same headers call after call (per-turn headers change them
+    every few calls), and matching them against the rules costs tens of microseconds."""
+
+    __slots__ = ("found", "mapping")
+    LIMIT = 1024  # distinct header sets kept; then it starts over
+
+    def __init__(self, mapping: Mapping[str, str] | None) -> None:
+        self.mapping = mapping
+        self.found: dict[tuple[object, ...], Identity] = {}
+
+
+_remembered = _Remembered(None)
+
+
 def identify(
     headers: HeaderLookup,
     *,
     api_key: str | None = None,
     client_name_mapping: Mapping[str, str] | None = None,
+    seen: tuple[object, ...] | None = None,
 ) -> Identity:
     """Identify the tool, instance and session behind one request. Never raises.
 
@@ -374,7 +402,34 @@ def identify(
     ``client_id`` is ``tool`` plus ``-`` and the first of: the display name mapped from
     ``api_key``, the agent name, the last 8 characters of the session id, ``key-`` and 8
     hex digits of the key's SHA-256; or just ``tool`` when there is none.
+
+    *seen*: the values of :data:`INPUT_HEADERS` in *headers*, in that order, when the
+    caller has them cheaply (a WSGI environ); the answer is then remembered for the next
+    request with the same values, key and mapping.
     """
+    global _remembered
+    if seen is None:
+        return _identify(headers, api_key, client_name_mapping)
+    memo = _remembered
+    if memo.mapping is not client_name_mapping:
+        # Other settings (tests, a reload): one swap, so no thread mixes two mappings.
+        memo = _remembered = _Remembered(client_name_mapping)
+    key = (*seen, api_key)
+    try:
+        return memo.found[key]
+    except KeyError:
+        pass
+    except TypeError:  # a value that is not hashable: not a header string
+        return _identify(headers, api_key, client_name_mapping)
+    identity = _identify(headers, api_key, client_name_mapping)
+    if len(memo.found) >= _Remembered.LIMIT:
+        memo.found.clear()
+    memo.found[key] = identity
+    return identity
+
+
+def _identify(headers: HeaderLookup, api_key: str | None,
+              client_name_mapping: Mapping[str, str] | None) -> Identity:
     matched = _match_rule(headers)
     if matched is None:
         rule_name, tool = UNKNOWN, UNKNOWN

@@ -26,17 +26,19 @@ from agent_cli_proxy.upstream.breaker import Admission, Breaker
 from agent_cli_proxy.upstream.capture import UsageCapture
 from agent_cli_proxy.upstream.client import SendHandle, Timeouts, UpstreamError
 from agent_cli_proxy.upstream.relay import Relay, RelayResult, Transform
-from agent_cli_proxy.usage.identify import identify
+from agent_cli_proxy.usage.identify import INPUT_HEADERS, identify
 from agent_cli_proxy.web import api_keys
 from agent_cli_proxy.web.addresses import client_address
 from agent_cli_proxy.web.errors import client_error
-from agent_cli_proxy.web.header_view import HeaderView
+from agent_cli_proxy.web.header_view import HeaderView, environ_key
 from agent_cli_proxy.web.recorder import CallRecorder
 from agent_cli_proxy.web.routing import UPSTREAM_ID, Route, build_route
 from agent_cli_proxy.web.services import ProxyServices
 
 _log = get_logger("proxy")
 WSGIApp = Any  # the werkzeug Response or a RelayedResponse, both WSGI applications
+# Where identification's headers are in the environ (what HeaderView reads).
+_IDENTITY_KEYS = tuple(environ_key(name) for name in INPUT_HEADERS)
 _ERROR_STATUS = {"timeout": 504, "connect": 502, "protocol": 502}
 _ERROR_CODE = {"timeout": "upstream_timeout", "connect": "upstream_unavailable",
                "protocol": "bad_gateway"}
@@ -344,7 +346,8 @@ def _start_recording(services: ProxyServices, request: Request, call: LLMCall,
                                   else services.rows))
     keys = api_keys.presented_keys(request)
     identity = identify(headers, api_key=keys[0] if keys else None,
-                        client_name_mapping=services.settings.client_name_mapping)
+                        client_name_mapping=services.settings.client_name_mapping,
+                        seen=tuple(map(request.environ.get, _IDENTITY_KEYS)))
     msg_id = next((value for h in ("x-msg-id", "x-message-id", "x-request-id")
                    if (value := headers.get(h))), None)
     recorder.start(identity, method=request.method, user_agent=headers.get("User-Agent"),

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from werkzeug.datastructures import EnvironHeaders, Headers
 from werkzeug.test import EnvironBuilder
 
-from agent_cli_proxy.usage.identify import RULES, TOOLS, Identity, identify
+from agent_cli_proxy.usage.identify import INPUT_HEADERS, RULES, TOOLS, Identity, identify
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -805,3 +805,65 @@ def test_raw_key_never_in_client_id(headers: dict[str, str], secret: str) -> Non
     got = identify(headers, api_key=key)
     assert key not in got.client_id
     assert secret[:8] not in got.client_id
+
+
+# --------------------------------------------------------------------------------------
+# remembered answers: INPUT_HEADERS is everything identification reads
+
+
+class _Recording:
+    """A header lookup that notes every name asked for."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = {name.lower(): value for name, value in headers.items()}
+        self.asked: set[str] = set()
+
+    def get(self, key: str, /) -> str | None:
+        self.asked.add(key)
+        return self.headers.get(key)
+
+
+def _seen(headers: dict[str, str]) -> tuple[object, ...]:
+    lower = {name.lower(): value for name, value in headers.items()}
+    return tuple(lower.get(name) for name in INPUT_HEADERS)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [dict(r["headers"]) for _, _, r in FIXTURE_CASES] + [case[1] for case in TABLE],
+)
+def test_identification_reads_only_input_headers(headers: dict[str, str]) -> None:
+    recording = _Recording(headers)
+    identify(recording, api_key="k")
+    assert recording.asked <= set(INPUT_HEADERS)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    headers=st.dictionaries(st.sampled_from(_HEADER_NAMES), _VALUES, max_size=8),
+    api_key=st.one_of(st.none(), st.sampled_from(["k1", "k2"])),
+)
+def test_remembered_answer_is_the_computed_one(headers: dict[str, str],
+                                               api_key: str | None) -> None:
+    mapping = {"k1": "laptop"}
+    computed = identify(headers, api_key=api_key, client_name_mapping=mapping)
+    seen = _seen(headers)
+    assert identify(headers, api_key=api_key, client_name_mapping=mapping,
+                    seen=seen) == computed
+    assert identify(headers, api_key=api_key, client_name_mapping=mapping,
+                    seen=seen) == computed  # now from memory
+
+
+def test_remembered_per_key_and_mapping() -> None:
+    headers = {"user-agent": "OpenAI/Python 1.2.3"}
+    seen = _seen(headers)
+    one = identify(headers, api_key="k1", client_name_mapping={"k1": "laptop"}, seen=seen)
+    assert one.client_id.endswith("-laptop")
+    other_key = identify(headers, api_key="k2", client_name_mapping={"k1": "laptop"},
+                         seen=seen)
+    assert other_key.client_id.startswith(other_key.tool + "-key-")
+    renamed = identify(headers, api_key="k1", client_name_mapping={"k1": "desk"}, seen=seen)
+    assert renamed.client_id.endswith("-desk")
+    # A value no header can have (not hashable): answered, not remembered.
+    odd = identify(headers, api_key="k1", seen=(*seen[:-1], ["x"]))
+    assert odd.tool == one.tool
