@@ -4,7 +4,9 @@ A row is written twice, each time in one short write transaction: :func:`insert_
 when the call starts (so a crash still leaves a trace), and :func:`finalize` once the
 outcome is known, which also adds the row to ``daily_usage`` and writes its
 ``cost_audit`` entry. ``*_in`` variants run inside a transaction the caller holds (the
-server's row writer puts many calls in one, ``storage.row_writer``). Rows a crash
+server's row writer puts many calls in one, ``storage.row_writer``, and writes a call
+that ended before its pending row was written with :func:`insert_final_in`: the same
+row, count and audit in one INSERT). Rows a crash
 left pending are closed by :func:`recover_stale_pending` at boot, and counted in
 ``daily_usage`` like any other finalized row (the original forgot them, spec §12.8).
 
@@ -255,6 +257,51 @@ def finalize_in(conn: sqlite3.Connection, row_id: int, fin: Finalization) -> boo
         _sqlite_timestamp(fin.finished_at), fin.cost_rule, fin.cost_price_key,
         fin.cost_detail_json))
     return True
+
+
+_INSERT_FINAL_SQL = """
+INSERT INTO request_logs (
+  provider, model, requested_model, tool, client_id, path, streamed,
+  prompt_tokens, completion_tokens, cache_creation_tokens, cache_read_tokens,
+  reasoning_tokens, cache_creation_1h_tokens, total_tokens, cost_usd,
+  incomplete, started_at, request_id, meta_json, user_agent, source_ip,
+  lifecycle_status, cost_status, agent, source, msg_id, session_id,
+  identify_rule, proxy_api_key_id, actual_provider,
+  status, actual_model, latency_ms, finished_at, finalized_at, error_code, error_message,
+  upstream_status, upstream_latency_ms
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'proxy',
+          ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+def insert_final_in(conn: sqlite3.Connection, row: PendingRow, fin: Finalization) -> int:
+    """Insert a call whose outcome is known before its pending row was written: the row
+    :func:`insert_pending_in` and then :func:`finalize_in` would leave, with its
+    daily_usage count and cost_audit entry, in one INSERT instead of an INSERT and an
+    UPDATE (the row writer does so when both are in one batch). Returns the row's id."""
+    u = fin.usage
+    model = fin.model or row.model
+    cur = conn.execute(_INSERT_FINAL_SQL, (
+        row.provider, model, row.requested_model, row.tool, row.client_id, row.path,
+        int(row.streamed if fin.streamed is None else fin.streamed),
+        u.prompt_tokens, u.completion_tokens, u.cache_creation_tokens, u.cache_read_tokens,
+        u.reasoning_tokens, u.cache_creation_1h_tokens, u.total_tokens, fin.cost_usd,
+        0 if fin.lifecycle_status == "completed" else 1, row.started_at, row.request_id,
+        row.meta_json, row.user_agent, row.source_ip, fin.lifecycle_status, fin.cost_status,
+        row.agent, row.msg_id, row.session_id, row.identify_rule, row.proxy_api_key_id,
+        row.actual_provider, fin.status, fin.actual_model, fin.latency_ms, fin.finished_at,
+        fin.finished_at, fin.error_code, fin.error_message, fin.upstream_status,
+        fin.upstream_latency_ms))
+    row_id = cur.lastrowid
+    assert row_id is not None
+    daily_usage.add_one(conn, row.started_at[:10], row.provider, model,
+                        (u.prompt_tokens, u.completion_tokens, u.cache_creation_tokens,
+                         u.cache_read_tokens, u.total_tokens), fin.cost_usd)
+    conn.execute(_AUDIT_SQL, (
+        row_id, model, row.provider, fin.cost_source or audit_source(fin.cost_status),
+        fin.cost_usd, _sqlite_timestamp(fin.finished_at), fin.cost_rule, fin.cost_price_key,
+        fin.cost_detail_json))
+    return row_id
 
 
 def recover_stale_pending(db: Database, max_age_ms: int, now_ms: int) -> int:

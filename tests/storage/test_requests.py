@@ -25,6 +25,7 @@ from agent_cli_proxy.storage import (
     list_requests,
     recover_stale_pending,
 )
+from agent_cli_proxy.storage.requests import finalize_in, insert_final_in, insert_pending_in
 from agent_cli_proxy.usage.model import Usage
 
 MakePending = Callable[..., PendingRow]
@@ -254,3 +255,38 @@ def test_iso_utc_matches_strftime_whatever_the_order(times: list[float]) -> None
         ms = round(t * 1000)
         expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000))
         assert iso_utc(t) == f"{expected}.{ms % 1000:03d}Z"
+
+
+@pytest.mark.parametrize("outcome", [
+    fin(),
+    fin(model=None, actual_model=None, streamed=None, status=None, upstream_latency_ms=None),
+    fin(lifecycle_status="error", status=502, error_code="upstream_error",
+        error_message="upstream HTTP 502", upstream_status=500, usage=Usage(),
+        cost_usd=0.0, cost_status="pending", cost_source=None, cost_rule="vendor",
+        cost_price_key="openai/gpt-4o", cost_detail_json='{"x":1}'),
+    fin(lifecycle_status="aborted", status=499, streamed=False, error_code="aborted",
+        error_message="client disconnected", cost_status="unsupported"),
+], ids=["completed", "nothing-named", "error", "aborted"])
+def test_insert_final_stores_what_pending_then_finalize_store(
+        db: Database, make_pending: MakePending, outcome: Finalization) -> None:
+    # The row writer's one INSERT for a call whose outcome came with its pending row.
+    with db.write() as conn:
+        two_steps = insert_pending_in(conn, make_pending(request_id="a", proxy_api_key_id=None,
+                                                         actual_provider="cliproxyapi"))
+        assert finalize_in(conn, two_steps, outcome)
+        one_step = insert_final_in(conn, make_pending(request_id="b", proxy_api_key_id=None,
+                                                      actual_provider="cliproxyapi"), outcome)
+    first, second = get_request(db, two_steps), get_request(db, one_step)
+    assert first is not None and second is not None
+    differ = {"id", "request_id"}
+    assert {k: v for k, v in first.items() if k not in differ} == {
+        k: v for k, v in second.items() if k not in differ}
+    audits = [tuple(r)[1:] for r in db.reader().execute(
+        "SELECT request_log_id, model, provider, source, base_cost_usd, calc_at, rule,"
+        " price_key, detail_json FROM cost_audit ORDER BY request_log_id")]
+    assert len(audits) == 2 and audits[0] == audits[1]
+    day = db.reader().execute("SELECT request_count, total_tokens, cost_usd FROM daily_usage"
+                              ).fetchall()
+    assert [tuple(r) for r in day] == [(2, 2 * outcome.usage.total_tokens,
+                                        2 * outcome.cost_usd)]
+    assert daily_usage_mismatches(db) == []
