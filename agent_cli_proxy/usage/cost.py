@@ -192,11 +192,25 @@ class _Rated:
 
     tail: str
     """The members after ``input_tokens_total``: ``,"anthropic_vendor":…,"tier":…``."""
-    buckets: tuple[tuple[Decimal, str, str], ...]
-    """Per bucket: USD per token, and the JSON before its token count and from after it
-    to ``"usd":``."""
+    buckets: tuple[tuple[Decimal, int, str, str], ...]
+    """Per bucket: USD per token; the same as an integer over ``10 ** scale``; the JSON
+    before its token count and from after it to ``"usd":``."""
+    scale: int = 0
     error: str | None = None
     """Why these rates cannot price anything (a rate that is negative or not finite)."""
+
+
+def _scaled(rates: tuple[Decimal, ...]) -> tuple[int, tuple[int, ...]]:
+    """(scale, numerators): each USD-per-1M rate as ``numerator / 10 ** (scale - 6)``,
+    one scale for all, so that a call's USD per bucket and in total are integers over
+    ``10 ** scale``, exactly what the Decimal arithmetic computes."""
+    parts = []
+    for rate in rates:
+        _, digits, exponent = rate.as_tuple()
+        assert isinstance(exponent, int)  # finite: _dec refuses the rest
+        parts.append((int("".join(map(str, digits)) or "0"), exponent))
+    scale = max(0, *(-exponent for _, exponent in parts)) + 6
+    return scale, tuple(n * 10 ** (scale - 6 + exponent) for n, exponent in parts)
 
 
 def _rated(entry: PriceEntry, tier: Tier | None, anthropic: bool) -> _Rated:
@@ -211,13 +225,15 @@ def _rated(entry: PriceEntry, tier: Tier | None, anthropic: bool) -> _Rated:
     except _BadPrice as bad:
         # Only a hand-built table gets here; a wrong number stored as `ok` would be worse
         # than an unpriced row the backfill can revisit.
-        return _Rated(tail, (), f"cannot price: {bad!r}")
+        return _Rated(tail, (), error=f"cannot price: {bad!r}")
+    scale, numerators = _scaled(tuple(rate for rate, _ in per_bucket))
     buckets = tuple(
-        (rate.scaleb(-6, context=_EXACT),
+        (rate.scaleb(-6, context=_EXACT), numerator,
          ("," if i else "") + f'"{name}":{{"tokens":',
          "," + _members({"rate": float(rate), "rate_from": rate_from}) + ',"usd":')
-        for i, (name, (rate, rate_from)) in enumerate(zip(_BUCKETS, per_bucket, strict=True)))
-    return _Rated(tail, buckets)
+        for i, (name, (rate, rate_from), numerator)
+        in enumerate(zip(_BUCKETS, per_bucket, numerators, strict=True)))
+    return _Rated(tail, buckets, scale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +265,11 @@ def _pricer(table: PriceTable, model: str | None, api_provider: str | None,
                    tuple(_rated(entry, tier, anthropic) for tier in (None, *tiers)))
 
 
+# Below this, a call's USD is computed in integers (exact, and far quicker than Decimal);
+# counts are at most 2**53 from the wire, so only a hand-built Usage ever goes past it.
+_INTEGER_COUNTS = 10**18
+
+
 def _priced(pricer: _Pricer, usage: Usage) -> CostResult:
     tokens = _buckets(usage)
     input_total = tokens[0] + tokens[1] + tokens[2] + tokens[3]
@@ -257,17 +278,10 @@ def _priced(pricer: _Pricer, usage: Usage) -> CostResult:
     text = [pricer.head, str(input_total), rated.tail]
     entry = pricer.match
     if rated.error is None:
-        total = Decimal(0)
         text.append(',"buckets":{')
         try:
-            for count, (per_token, before, after) in zip(tokens, rated.buckets, strict=True):
-                if not count:  # most buckets of most calls
-                    text += (before, "0", after, "0.0}")
-                    continue
-                usd = _EXACT.multiply(per_token, count)
-                total = _EXACT.add(total, usd)
-                text += (before, str(count), after, repr(_usd(usd)), "}")
-            cost = _usd(total)
+            add_buckets = _in_integers if max(tokens) < _INTEGER_COUNTS else _in_decimals
+            cost = add_buckets(tokens, rated, text)
         except ArithmeticError as bad:  # an absurd token count
             del text[3:]
             error = f"cannot price: {bad!r}"
@@ -279,6 +293,44 @@ def _priced(pricer: _Pricer, usage: Usage) -> CostResult:
         error = rated.error
     text.append(',"guard":' + _COMPACT_JSON.encode(error) + "}")
     return CostResult(0.0, "pending", entry.rule, entry.entry.key, detail_json="".join(text))
+
+
+def _in_decimals(tokens: tuple[int, ...], rated: _Rated, text: list[str]) -> float:
+    """Each bucket's JSON appended to *text*; returns the total USD."""
+    total = Decimal(0)
+    for count, (per_token, _, before, after) in zip(tokens, rated.buckets, strict=True):
+        usd = _EXACT.multiply(per_token, count)
+        total = _EXACT.add(total, usd)
+        text += (before, str(count), after, repr(_usd(usd)), "}")
+    return _usd(total)
+
+
+def _in_integers(tokens: tuple[int, ...], rated: _Rated, text: list[str]) -> float:
+    """:func:`_in_decimals` in integers over ``10 ** rated.scale``: the same numbers."""
+    total = 0
+    scale = rated.scale
+    for count, (_, numerator, before, after) in zip(tokens, rated.buckets, strict=True):
+        if not count:  # most buckets of most calls
+            text += (before, "0", after, "0.0}")
+            continue
+        usd = count * numerator
+        total += usd
+        text += (before, str(count), after, repr(_rounded(usd, scale)), "}")
+    return _rounded(total, scale)
+
+
+def _rounded(value: int, scale: int) -> float:
+    """``value / 10 ** scale`` rounded half-even to 12 decimal places, as a float (what
+    :func:`_usd` gives for the same number)."""
+    if scale > 12:
+        unit = 10 ** (scale - 12)
+        value, rest = divmod(value, unit)
+        if 2 * rest > unit or (2 * rest == unit and value % 2):
+            value += 1
+        scale = 12
+    # int / int is correctly rounded to the nearest float, as float(Decimal) is.
+    result: float = value / 10**scale
+    return result
 
 
 class _Matches:

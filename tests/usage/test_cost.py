@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent_cli_proxy.usage import cost as cost_module
 from agent_cli_proxy.usage.cost import CostResult, compute_cost
 from agent_cli_proxy.usage.model import Usage
 from agent_cli_proxy.usage.pricing import (
@@ -369,3 +370,26 @@ def test_the_detail_is_each_call_s_own(table: PriceTable) -> None:
     first.detail["rates"]["input"] = -1  # type: ignore[index]
     second = compute_cost(table, "claude-sonnet-4-5-20250929", "anthropic", _usage(prompt=10))
     assert second.detail["rates"]["input"] == 3.0  # type: ignore[index]
+
+
+@settings(max_examples=500, deadline=None)
+@given(rates=st.tuples(*[st.one_of(st.none(), st.floats(min_value=0, max_value=1e6))
+                         for _ in range(4)]),
+       base=st.floats(min_value=0, max_value=1e6),
+       tokens=st.tuples(*[st.one_of(st.integers(min_value=0, max_value=10**18 - 1),
+                                    st.sampled_from([0, 5, 15, 25, 125, 999_995]))
+                          for _ in range(6)]),
+       anthropic=st.booleans())
+def test_integer_arithmetic_is_the_decimal_one(rates: tuple[float | None, ...], base: float,
+                                               tokens: tuple[int, ...], anthropic: bool) -> None:
+    # Below 10**18 tokens a bucket, USD is computed in integers: the same numbers, and
+    # the same rounding (half-even at 12 places: counts ending in 5 meet the ties).
+    entry = PriceEntry("anthropic" if anthropic else "openai", "m",
+                       Rates(base, rates[0] or base / 3, cache_read=rates[1],
+                             cache_write=rates[2], cache_write_1h=rates[3]), (), "test")
+    rated = cost_module._rated(entry, None, anthropic)
+    in_integers: list[str] = []
+    in_decimals: list[str] = []
+    assert cost_module._in_integers(tokens, rated, in_integers) == \
+        cost_module._in_decimals(tokens, rated, in_decimals)
+    assert "".join(in_integers) == "".join(in_decimals)
