@@ -15,8 +15,9 @@ Per bucket (prices per 1M tokens; ``a ?? b`` = ``a`` when listed, else ``b``)::
     completion - reasoning * output
     reasoning              * (reasoning ?? output)            never charged twice
 
-Arithmetic is in :class:`decimal.Decimal` built from each float's ``repr`` (3.75 stays
-exactly 3.75), and the result is rounded to 12 decimal places.
+Arithmetic is exact, on each rate's decimal ``repr`` (3.75 stays exactly 3.75): in
+integers over a power of ten (:class:`decimal.Decimal` past 10**18 tokens in a bucket),
+rounded half-even to 12 decimal places.
 
 An unpriced call costs 0: ``unsupported`` when the name can never be priced (none, a
 placeholder such as ``unknown``, or longer than ``pricing.MAX_MODEL_NAME_LENGTH``, detail
