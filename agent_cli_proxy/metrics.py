@@ -10,6 +10,8 @@ loops at scrape time and hands the values in.
 
 Increments run on the request path, so each metric has its own lock held only for a dict
 lookup and an addition; rendering snapshots a metric under its lock and formats outside it.
+A caller that updates the same series call after call takes a handle on it
+(``handle()``: the series itself, no label checks or lookups per update).
 
 **Bounded cardinality.** Label values that come from clients (model names, tool names) are
 unbounded, and a client sending random model names must not grow memory without limit.
@@ -34,8 +36,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 __all__ = ["CONTENT_TYPE", "DEFAULT_MAX_SERIES", "MAX_LABEL_CHARS", "OTHER", "Counter",
-           "Gauge", "Histogram", "Metric", "Registry", "clean_labels", "escape_label_value",
-           "format_value"]
+           "Gauge", "Histogram", "HistogramHandle", "Metric", "Registry", "ScalarHandle",
+           "clean_labels", "escape_label_value", "format_value"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_MAX_SERIES = 500
@@ -151,6 +153,18 @@ class Metric(Generic[S]):
         series = self._series[values] = self._new_series()
         return series
 
+    def _unfolded(self, values: LabelValues) -> S | None:
+        """The series of *values* (label values from :func:`clean_labels`), created if new;
+        None when the metric is full and has no such series (see ``handle``)."""
+        self._check_arity(values)
+        with self._lock:
+            series = self._series.get(values)
+            if series is None:
+                if len(self._series) >= self.max_series:
+                    return None
+                series = self._series[values] = self._new_series()
+        return series
+
     def folded(self) -> int:
         """How many updates went to an ``other`` series because their label set was new and
         the metric was full (a label set sent ten times counts ten)."""
@@ -218,6 +232,15 @@ class _Scalar(Metric[list[float]]):
     def _export_series(self, series: list[float]) -> Any:
         return series[0]
 
+    def handle(self, values: LabelValues) -> ScalarHandle | None:
+        """A handle on the series of *values* (label values from :func:`clean_labels`),
+        created if new, for a caller that updates the same series call after call: no
+        label checks or lookups per update. None when the metric is full and has no such
+        series: updates must then go through the usual methods, which fold and count it.
+        """
+        series = self._unfolded(values)
+        return None if series is None else ScalarHandle(self._lock, series)
+
     def _absorb_series(self, series: list[float], value: Any) -> None:
         number = float(value)
         series[0] = max(series[0], number) if self.merge_max else series[0] + number
@@ -228,6 +251,28 @@ class _Scalar(Metric[list[float]]):
         snapshot.sort()
         return [f"{self.name}{_labels_text(self.labelnames, k)} {format_value(v)}"
                 for k, v in snapshot]
+
+
+class ScalarHandle:
+    """One counter or gauge series, from :meth:`Metric.handle`."""
+
+    __slots__ = ("_cell", "_lock")
+
+    def __init__(self, lock: threading.Lock, cell: list[float]) -> None:
+        self._lock = lock
+        self._cell = cell
+
+    def add(self, amount: float) -> None:
+        """Add *amount* (finite; for a counter not negative: the caller's to check)."""
+        with self._lock:
+            self._cell[0] += amount
+
+    def raise_to(self, value: float) -> None:
+        """Keep the largest value (:meth:`Gauge.set_max`; *value* at least 0, which a new
+        series starts from)."""
+        with self._lock:
+            if value > self._cell[0]:
+                self._cell[0] = value
 
 
 class Counter(_Scalar):
@@ -294,6 +339,25 @@ class _HistogramSeries:
         self.sum = 0.0
 
 
+class HistogramHandle:
+    """One histogram series, from :meth:`Metric.handle`."""
+
+    __slots__ = ("_bounds", "_lock", "_series")
+
+    def __init__(self, lock: threading.Lock, bounds: tuple[float, ...],
+                 series: _HistogramSeries) -> None:
+        self._lock = lock
+        self._bounds = bounds
+        self._series = series
+
+    def observe(self, value: float) -> None:
+        """:meth:`Histogram.observe` (*value* finite, the caller's to check)."""
+        index = bisect.bisect_left(self._bounds, value)
+        with self._lock:
+            self._series.counts[index] += 1
+            self._series.sum += value
+
+
 class Histogram(Metric[_HistogramSeries]):
     """Observations counted in fixed buckets; rendered cumulative (``le`` inclusive) with
     ``_bucket{le="+Inf"}`` equal to ``_count``, and ``_sum``."""
@@ -331,6 +395,11 @@ class Histogram(Metric[_HistogramSeries]):
             series = self._series_for(values)
             series.counts[index] += 1
             series.sum += value
+
+    def handle(self, values: LabelValues) -> HistogramHandle | None:
+        """As :meth:`_Scalar.handle`, for a histogram series."""
+        series = self._unfolded(values)
+        return None if series is None else HistogramHandle(self._lock, self.buckets, series)
 
     def snapshot(self, labels: Sequence[str] = ()) -> tuple[list[int], float]:
         """(cumulative bucket counts ending with +Inf, sum) for *labels*; for tests."""

@@ -16,8 +16,11 @@ from agent_cli_proxy.metrics import (
     DEFAULT_MAX_SERIES,
     Counter,
     Gauge,
+    Histogram,
+    HistogramHandle,
     Metric,
     Registry,
+    ScalarHandle,
     clean_labels,
 )
 
@@ -42,6 +45,55 @@ def _label(value: str | None) -> str:
 def _positive(value: float | None) -> float:
     """*value* when it is a finite positive number, else 0 (never raise on the request path)."""
     return value if value is not None and math.isfinite(value) and value > 0 else 0.0
+
+
+# Kinds of call (provider, model, tool, status, outcome, streamed) whose series are kept
+# at hand; models are the clients' choice, so it starts over past this.
+_MAX_REMEMBERED_CALLS = 1024
+
+
+class _CallSeries:
+    """The series :meth:`ProxyMetrics.request_finished` updates for one kind of call
+    (those it updates for every call; a token bucket's and the time to first byte's on
+    first use, as the folding path creates them)."""
+
+    __slots__ = ("_tokens", "_ttfb", "cost", "duration", "legacy", "legacy_max", "requests",
+                 "who")
+
+    def __init__(self, who: tuple[str, str, str], requests: ScalarHandle, cost: ScalarHandle,
+                 duration: HistogramHandle, legacy: HistogramHandle,
+                 legacy_max: ScalarHandle) -> None:
+        self.who = who
+        self.requests = requests
+        self.cost = cost
+        self.duration = duration
+        self.legacy = legacy
+        self.legacy_max = legacy_max
+        self._tokens: dict[str, ScalarHandle] = {}  # by usage key
+        self._ttfb: HistogramHandle | None = None
+
+    def add_tokens(self, family: Counter, name: str, count: int) -> None:
+        handle = self._tokens.get(name)
+        if handle is None:
+            kind = name.removesuffix("_tokens")
+            if kind not in TOKEN_TYPES:
+                return  # a total or a breakdown of a bucket
+            labels = (*self.who, kind)
+            handle = family.handle(labels)
+            if handle is None:
+                family.inc_clean(labels, count)  # the family is full: folded, and counted
+                return
+            self._tokens[name] = handle
+        handle.add(count)
+
+    def observe_ttfb(self, family: Histogram, seconds: float) -> None:
+        handle = self._ttfb
+        if handle is None:
+            handle = self._ttfb = family.handle(self.who[:1])
+            if handle is None:
+                family.observe_clean(seconds, self.who[:1])  # full: folded, and counted
+                return
+        handle.observe(seconds)
 
 
 class ProxyMetrics:
@@ -114,6 +166,10 @@ class ProxyMetrics:
         self.legacy_duration_max = r.gauge(
             PREFIX + "proxy_request_duration_ms_max", "Longest proxied request, milliseconds.",
             legacy, max_series=max_series)
+        overhead, in_flight = self.overhead.handle(()), self.in_flight.handle(())
+        assert overhead is not None and in_flight is not None  # unlabelled: one series each
+        self._overhead, self._in_flight = overhead, in_flight
+        self._calls: dict[tuple[str, str | None, str | None, int, str, bool], _CallSeries] = {}
         self.ready_duration = r.histogram(
             PREFIX + "ready_check_duration_ms", "Readiness check duration in milliseconds.",
             ("status",), buckets=LEGACY_BUCKETS_MS, max_series=max_series)
@@ -132,7 +188,7 @@ class ProxyMetrics:
     # -- request path ------------------------------------------------------------------------
 
     def request_started(self) -> None:
-        self.in_flight.inc()
+        self._in_flight.add(1.0)
 
     def request_finished(self, *, provider: str, model: str | None, tool: str | None,
                          status: int, lifecycle: str, streamed: bool, duration_s: float,
@@ -146,7 +202,25 @@ class ProxyMetrics:
         the ``_tokens`` suffix (so the Usage field names work too); other keys (totals,
         the 1-hour cache breakdown) are ignored, being sums or parts of those buckets.
         """
-        self.in_flight.dec()
+        self._in_flight.add(-1.0)
+        call_kind = (provider, model, tool, status, lifecycle, streamed)
+        handles = self._calls.get(call_kind) or self._call_handles(call_kind)
+        if handles is not None:
+            # The same updates as below, on series found once for this kind of call.
+            duration = _positive(duration_s)
+            handles.requests.add(1.0)
+            for name, count in (usage_tokens or {}).items():
+                if isinstance(count, int) and count > 0:
+                    handles.add_tokens(self.tokens, name, count)
+            handles.cost.add(_positive(cost_usd))
+            handles.duration.observe(duration)
+            self._overhead.observe(max(0.0, duration - _positive(upstream_s)))
+            if ttfb_s is not None:
+                handles.observe_ttfb(self.ttfb, _positive(ttfb_s))
+            duration_ms = _positive(duration * 1000)  # 0 past the largest float, as above
+            handles.legacy.observe(duration_ms)
+            handles.legacy_max.raise_to(duration_ms)
+            return
         # Cleaned once for the eight updates below (the model is the client's choice).
         provider_, model_, tool_, status_text, state = clean_labels(
             (_label(provider), _label(model), _label(tool), str(status), _label(lifecycle)))
@@ -164,8 +238,32 @@ class ProxyMetrics:
         if ttfb_s is not None:
             self.ttfb.observe_clean(_positive(ttfb_s), (provider_,))
         legacy = (provider_, status_text, state, streamed_text)
-        self.legacy_duration.observe_clean(duration * 1000, legacy)
-        self.legacy_duration_max.set_max_clean(duration * 1000, legacy)
+        duration_ms = _positive(duration * 1000)
+        self.legacy_duration.observe_clean(duration_ms, legacy)
+        self.legacy_duration_max.set_max_clean(duration_ms, legacy)
+
+    def _call_handles(self, call_kind: tuple[str, str | None, str | None, int, str, bool]
+                      ) -> _CallSeries | None:
+        """The series one kind of call updates, remembered (None, and not remembered,
+        when one of them would fold into "other": the folding path counts each fold)."""
+        provider, model, tool, status, lifecycle, streamed = call_kind
+        provider_, model_, tool_, status_text, state = clean_labels(
+            (_label(provider), _label(model), _label(tool), str(status), _label(lifecycle)))
+        legacy = (provider_, status_text, state, "true" if streamed else "false")
+        requests = self.requests.handle((provider_, model_, tool_, status_text, state))
+        cost = self.cost.handle((provider_, model_, tool_))
+        duration = self.duration.handle((provider_, legacy[3]))
+        legacy_duration = self.legacy_duration.handle(legacy)
+        legacy_max = self.legacy_duration_max.handle(legacy)
+        if (requests is None or cost is None or duration is None or legacy_duration is None
+                or legacy_max is None):
+            return None
+        handles = _CallSeries((provider_, model_, tool_), requests, cost, duration,
+                              legacy_duration, legacy_max)
+        if len(self._calls) >= _MAX_REMEMBERED_CALLS:
+            self._calls.clear()
+        self._calls[call_kind] = handles
+        return handles
 
     def ready_checked(self, *, status: str, duration_s: float) -> None:
         """One uncached ``/ready`` evaluation: overall status (pass/warn/fail), seconds."""

@@ -660,3 +660,49 @@ def test_merging_full_families_folds_nothing_more() -> None:
     again = first.merged([second.registry.export()])  # the same, scrape after scrape
     assert {k: v[0] for k, v in again.requests._series.items()} == {
         k: v[0] for k, v in merged.requests._series.items()}
+
+
+_CALL = st.fixed_dictionaries({
+    "provider": st.sampled_from(["openai", "anthropic", " ", ""]),
+    "model": st.one_of(st.none(), st.sampled_from(["gpt-5", "claude", "m\n\"x", "é"])),
+    "tool": st.one_of(st.none(), st.sampled_from(["codex", "claude-code", ""])),
+    "status": st.sampled_from([200, 429, 502]),
+    "lifecycle": st.sampled_from(["completed", "error", "aborted"]),
+    "streamed": st.booleans(),
+    "duration_s": st.one_of(st.floats(allow_nan=True), st.sampled_from([0.0, 0.2, 3.0])),
+    "upstream_s": st.one_of(st.none(), st.floats(min_value=-1, max_value=10)),
+    "ttfb_s": st.one_of(st.none(), st.floats(min_value=-1, max_value=10)),
+    "usage_tokens": st.one_of(st.none(), st.dictionaries(
+        st.sampled_from(["prompt", "completion_tokens", "reasoning", "total_tokens", "x"]),
+        st.integers(min_value=-5, max_value=10**6), max_size=4)),
+    "cost_usd": st.one_of(st.floats(allow_nan=True), st.just(0.25)),
+})
+
+
+@given(calls=st.lists(_CALL, max_size=40), max_series=st.integers(min_value=1, max_value=4))
+def test_remembered_series_count_what_the_folding_path_counts(
+        calls: list[dict[str, Any]], max_series: int) -> None:
+    # request_finished keeps each kind of call's series at hand; what it counts (folds
+    # into "other" included) must be what the label-by-label path counts.
+    fast, slow = ProxyMetrics(max_series=max_series), ProxyMetrics(max_series=max_series)
+    slow._call_handles = lambda call_kind: None  # type: ignore[method-assign]
+    for call in calls:
+        for metrics in (fast, slow):
+            metrics.request_started()
+            metrics.request_finished(**call)
+    assert fast.registry.render() == slow.registry.render()
+    assert [m.folded() for m in fast.registry.metrics()] == [
+        m.folded() for m in slow.registry.metrics()]
+
+
+def test_handles_update_their_series_and_never_fold() -> None:
+    c = Counter("c_total", "help", ("a",), max_series=1)
+    h = Histogram("h", "help", ("a",), buckets=(1, 2), max_series=1)
+    counter, histogram = c.handle(("x",)), h.handle(("x",))
+    assert counter is not None and histogram is not None
+    counter.add(2)
+    histogram.observe(1.5)
+    assert c.value(("x",)) == 2 and h.snapshot(("x",)) == ([0, 1, 1], 1.5)
+    # Full: a new label set gets no handle (its updates go the folding way, counted).
+    assert c.handle(("y",)) is None and h.handle(("y",)) is None
+    assert c.folded() == 0 and c.handle(("x",)) is not None
