@@ -240,3 +240,61 @@ def test_a_connection_s_waiting_requests_are_served_by_the_same_thread(
     # What the threads were woken for: waitress alone queues the connection once per
     # request; here once when it first has one, once per run.
     assert len(queued) <= count // 2
+
+
+@pytest.fixture
+def loop_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Requests the main loop read from a socket (its handle_read calls that got data)."""
+    reads = [0]
+    original = server_channel.ProxyChannel.handle_read
+
+    def counting(self: Any) -> None:
+        before = (len(self.requests), self.request)
+        original(self)
+        if (len(self.requests), self.request) != before:
+            reads[0] += 1
+
+    monkeypatch.setattr(server_channel.ProxyChannel, "handle_read", counting)
+    yield reads
+
+
+def _health_calls(proxy: RunningProxy, count: int, pause_s: float = 0.0) -> None:
+    url = urlsplit(proxy.url)
+    request = f"GET /health HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode()
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        replies = sock.makefile("rb")
+        for _ in range(count):
+            sock.sendall(request)
+            head = [replies.readline()]
+            while head[-1] != b"\r\n":
+                head.append(replies.readline())
+            assert head[0].startswith(b"HTTP/1.1 200 ")
+            length = next(int(line.split(b":")[1]) for line in head
+                          if line.lower().startswith(b"content-length:"))
+            assert json.loads(replies.read(length)) == {"status": "ok"}
+            if pause_s:
+                threading.Event().wait(pause_s)  # a client that thinks between calls
+
+
+def test_a_call_right_after_the_last_is_read_by_the_thread_that_answered(
+        proxy: RunningProxy, loop_reads: list[int]) -> None:
+    # One client calling in a loop: after the first request, the thread that answered
+    # reads each next one itself (NEXT_REQUEST_WAIT_S), and the loop stays asleep.
+    _health_calls(proxy, 2 * server_channel.REQUESTS_IN_A_ROW)
+    # The first request, and one per REQUESTS_IN_A_ROW at most (the connection is
+    # queued again then, and its thread may be another one, or read nothing yet).
+    assert loop_reads[0] <= 4
+
+
+def test_a_call_after_the_wait_is_read_by_the_main_loop(
+        proxy: RunningProxy, loop_reads: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_channel, "NEXT_REQUEST_WAIT_S", 0.001)
+    _health_calls(proxy, 3, pause_s=0.05)
+    assert loop_reads[0] == 3
+
+
+def test_no_waiting_for_a_next_call_while_the_server_is_busy(
+        proxy: RunningProxy, loop_reads: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_channel, "QUIET_THREADS", 0)
+    _health_calls(proxy, 4, pause_s=0.01)
+    assert loop_reads[0] == 4
