@@ -280,7 +280,8 @@ def presented_keys(request: Request) -> list[str]:
         found.append(auth[7:].strip())
     for header in ("x-api-key", "x-goog-api-key"):
         found.append((headers.get(header) or "").strip())
-    found.append(request.args.get("key", "").strip())
+    if "key" in request.environ.get("QUERY_STRING", ""):  # parsed only when it may be there
+        found.append(request.args.get("key", "").strip())
     keys = [k for k in dict.fromkeys(found) if k]
     request.environ[_PRESENTED] = keys
     return list(keys)

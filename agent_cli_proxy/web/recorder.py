@@ -18,6 +18,7 @@ final (:class:`TraceSink`); attribution failing never affects the call either.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -50,6 +51,14 @@ ERROR_SAMPLE_CHARS = 300
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
+def _request_id() -> str:
+    """A random (version 4) UUID naming one call in rows and logs. Not a secret: drawn
+    from the ``random`` module, which unlike ``uuid4()``'s system call keeps the
+    interpreter lock (each hand-over costs the call a thread switch under load); it is
+    seeded from the system at start and again in a forked child."""
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+
+
 class TraceSink(Protocol):
     """Who attributes a finalized row to the CLIProxyAPI account its trace header names
     (``workers.accounts.AccountAttribution``)."""
@@ -75,7 +84,7 @@ class CallRecorder:
         self._ttfb_s: float | None = None
         self.call = call
         self.path = path
-        self.request_id = str(uuid.uuid4())
+        self.request_id = _request_id()
         self.row_id: int | None = None
         self._started = clock.monotonic()
         self._upstream_latency_ms: int | None = None

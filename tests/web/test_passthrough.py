@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import uuid
 from urllib.parse import urlsplit
 
 from tests.conftest import RunningProxy, start_proxy
@@ -119,6 +120,7 @@ def test_hop_by_hop_headers_dropped_end_to_end_headers_kept(proxy: RunningProxy,
     assert upstream.last().header("Accept-Encoding") == "gzip,deflate"  # nothing to narrow
 
     (row,) = proxy.final_rows()
+    assert uuid.UUID(row["request_id"]).version == 4  # the original's randomUUID() kind
     assert row["lifecycle_status"] == "error"
     assert row["status"] == 429
     assert row["error_code"] == "upstream_error"
