@@ -29,7 +29,7 @@ from agent_cli_proxy.config_values import display_url
 from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.malloc_arenas import limit_arenas
 from agent_cli_proxy.sdnotify import notify
-from agent_cli_proxy.server_channel import ProxyChannel, serve_in_a_row
+from agent_cli_proxy.server_channel import LOOP_TIMEOUT_S, ProxyChannel, serve_in_a_row
 from agent_cli_proxy.storage.database import Database, open_database
 from agent_cli_proxy.storage.instance_lock import InstanceLock, acquire_instance_lock
 from agent_cli_proxy.storage.requests import recover_stale_pending
@@ -74,6 +74,12 @@ def make_server(app: ProxyApp, settings: Settings, *, host: str | None = None,
     for listener in _listeners(_sockets(server)):
         listener.channel_class = ProxyChannel
         serve_in_a_row(listener)
+    # The main loop's longest sleep: a thread that reads a connection's next request
+    # itself leaves the loop unaware of that socket until its next turn (server_channel);
+    # a client hanging up is still noticed within this. Set on the adjustments made:
+    # waitress's option takes whole seconds only.
+    adjustments: Any = server.adj  # typed int there; poll() takes fractions of a second
+    adjustments.asyncore_loop_timeout = LOOP_TIMEOUT_S
     return server
 
 

@@ -61,6 +61,10 @@ REQUESTS_IN_A_ROW = 16
 # calling in a loop sends it within a fraction of a millisecond; any other goes back to
 # the main loop this much later, and no thread is kept from other connections meanwhile.
 NEXT_REQUEST_WAIT_S = 0.002
+# The longest the main loop sleeps without an event (waitress's asyncore_loop_timeout,
+# 1 s by default): it bounds how late a client hanging up is noticed during a request
+# this thread read, the main loop not watching that socket until its next turn.
+LOOP_TIMEOUT_S = 0.25
 # ... and only while at most this many threads (itself included) are serving: under load
 # the main loop is awake anyway, and more threads waiting on the interpreter lock cost
 # more than the wake-ups saved (one worker at c=32: ~6 % fewer calls/s without it).
@@ -188,6 +192,25 @@ class ProxyChannel(JsonErrorChannel):
             else:
                 self.connected = False  # the client closed
 
+    def handle_write(self) -> None:
+        """waitress's, except that with no request queued the loop still takes the
+        out-buffer's lock (without waiting for it): a worker may be sending a ``100
+        Continue`` then (received() in _next_request, or the end of waitress's own
+        service()), and two threads sending the same bytes corrupt the buffer."""
+        if not self.connected:
+            return
+        channel: Any = self  # waitress's private methods are not in its stubs
+        if self.requests and self.total_outbufs_len < self.adj.send_bytes:
+            flush = None  # a task is writing: not enough to be worth sending yet
+        else:
+            flush = channel._flush_some_if_lockable
+        channel._flush_exception(flush)
+        if self.close_when_flushed and not self.total_outbufs_len:
+            self.close_when_flushed = False
+            self.will_close = True
+        if self.will_close:
+            self.handle_close()
+
     def _next_request(self) -> bool:
         """Wait up to :data:`NEXT_REQUEST_WAIT_S` for the next request and read it here;
         True when it is complete and queued (for this thread, by ``add_task``). Anything
@@ -218,10 +241,14 @@ class ProxyChannel(JsonErrorChannel):
                 return False  # the client closed: the loop sees it too, and closes
             self.last_activity = time.time()
             self.received(data)  # a complete request calls add_task: _serving.again
-            return bool(_serving.again)
+            again = bool(_serving.again)
         finally:
             with self._reading:
                 self._waiting = False
+        # The loop left the socket out of its watch meanwhile. Not woken for it now (that
+        # wake-up is what the wait saves): it watches the socket again at its next turn,
+        # within LOOP_TIMEOUT_S (server.make_server), or when service() ends.
+        return again
 
     def writable(self) -> bool:
         # A worker inside write_soon() sends by itself (send_bytes = 1) and wakes the loop

@@ -9,6 +9,7 @@ import itertools
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -298,3 +299,83 @@ def test_no_waiting_for_a_next_call_while_the_server_is_busy(
     monkeypatch.setattr(server_channel, "QUIET_THREADS", 0)
     _health_calls(proxy, 4, pause_s=0.01)
     assert loop_reads[0] == 4
+
+
+def _answer(replies: Any) -> bytes:
+    """One answer's status line (its head and body read off *replies*)."""
+    head = [replies.readline()]
+    while head[-1] not in (b"\r\n", b""):
+        head.append(replies.readline())
+    length = next((int(line.split(b":")[1]) for line in head
+                   if line.lower().startswith(b"content-length:")), 0)
+    replies.read(length)
+    return head[0]
+
+
+def test_a_100_continue_right_after_an_answer_is_sent_once(proxy: RunningProxy) -> None:
+    # The thread that answered reads the next head itself and sends the 100 Continue while
+    # the connection has no request queued; the main loop (kept busy by another client)
+    # must not send the same bytes too (it corrupted the out-buffer: answers lost).
+    url = urlsplit(proxy.url)
+    stop = threading.Event()
+
+    def busy() -> None:
+        with socket.create_connection((url.hostname, url.port), timeout=10) as other:
+            replies = other.makefile("rb")
+            while not stop.is_set():
+                other.sendall(f"GET /health HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+                _answer(replies)
+
+    pinger = threading.Thread(target=busy, daemon=True)
+    pinger.start()
+    try:
+        with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
+            replies = sock.makefile("rb")
+            for _ in range(150):
+                sock.sendall(f"GET /health HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+                assert _answer(replies).startswith(b"HTTP/1.1 200 ")
+                sock.sendall(f"POST /health HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                             "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode())
+                assert replies.readline().startswith(b"HTTP/1.1 100 ")
+                assert replies.readline() == b"\r\n"
+                sock.sendall(b"hello")
+                assert _answer(replies).startswith(b"HTTP/1.1 405 ")  # health is GET only
+    finally:
+        stop.set()
+        pinger.join(timeout=10)
+
+
+def test_a_hang_up_during_a_call_the_thread_read_itself_is_noticed_soon(
+        proxy: RunningProxy) -> None:
+    # The main loop does not watch a socket while the thread waits on it, and is not
+    # woken when the thread gets a request: it looks again within LOOP_TIMEOUT_S (its
+    # 1 s default would make this late about half the time).
+    assert proxy.server.adj.asyncore_loop_timeout == server_channel.LOOP_TIMEOUT_S
+    health = proxy.app.endpoints["health"]
+    calls: list[float] = []
+    noticed: list[float] = []
+
+    def waiting_for_a_hang_up(services: Any, request: Any) -> Any:
+        calls.append(time.monotonic())
+        gone = request.environ["waitress.client_disconnected"]
+        if len(calls) == 2:
+            while not gone() and time.monotonic() - calls[-1] < 3:
+                threading.Event().wait(0.005)
+            noticed.append(time.monotonic())
+        return health(services, request)
+
+    proxy.app.endpoints["health"] = waiting_for_a_hang_up
+    url = urlsplit(proxy.url)
+    request = f"GET /health HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode()
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        replies = sock.makefile("rb")
+        sock.sendall(request)
+        assert _answer(replies).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(request)  # at once: the thread that answered reads it
+        while len(calls) < 2:
+            threading.Event().wait(0.005)
+        replies.close()
+    hung_up = time.monotonic()
+    while not noticed:
+        threading.Event().wait(0.005)
+    assert noticed[0] - hung_up < server_channel.LOOP_TIMEOUT_S + 0.25
