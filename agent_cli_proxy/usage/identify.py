@@ -393,7 +393,7 @@ def identify(
     *,
     api_key: str | None = None,
     client_name_mapping: Mapping[str, str] | None = None,
-    seen: tuple[object, ...] | None = None,
+    seen: tuple[str | None, ...] | None = None,
 ) -> Identity:
     """Identify the tool, instance and session behind one request. Never raises.
 
@@ -414,12 +414,17 @@ def identify(
     if memo.mapping is not client_name_mapping:
         # Other settings (tests, a reload): one swap, so no thread mixes two mappings.
         memo = _remembered = _Remembered(client_name_mapping)
-    key = (*seen, api_key)
     try:
+        if (api_key is not None and len(api_key) > _MATCH_LIMIT) or max(
+                map(len, filter(None, seen)), default=0) > _MATCH_LIMIT:
+            # Not kept: a client sending ever-different long values would fill the memory
+            # with them (real ones are far shorter).
+            return _identify(headers, api_key, client_name_mapping)
+        key = (*seen, api_key)
         return memo.found[key]
     except KeyError:
         pass
-    except TypeError:  # a value that is not hashable: not a header string
+    except TypeError:  # a value that is not a header string (unhashable, or no length)
         return _identify(headers, api_key, client_name_mapping)
     identity = _identify(headers, api_key, client_name_mapping)
     if len(memo.found) >= _Remembered.LIMIT:

@@ -823,7 +823,7 @@ class _Recording:
         return self.headers.get(key)
 
 
-def _seen(headers: dict[str, str]) -> tuple[object, ...]:
+def _seen(headers: dict[str, str]) -> tuple[str | None, ...]:
     lower = {name.lower(): value for name, value in headers.items()}
     return tuple(lower.get(name) for name in INPUT_HEADERS)
 
@@ -865,5 +865,22 @@ def test_remembered_per_key_and_mapping() -> None:
     renamed = identify(headers, api_key="k1", client_name_mapping={"k1": "desk"}, seen=seen)
     assert renamed.client_id.endswith("-desk")
     # A value no header can have (not hashable): answered, not remembered.
-    odd = identify(headers, api_key="k1", seen=(*seen[:-1], ["x"]))
+    odd = identify(headers, api_key="k1",
+                   seen=(*seen[:-1], ["x"]))  # type: ignore[arg-type]
     assert odd.tool == one.tool
+
+
+def test_long_values_are_answered_not_remembered() -> None:
+    # A client sending ever-different long values must not fill the memory with them.
+    from agent_cli_proxy.usage import identify as identify_module
+
+    headers = {"user-agent": "OpenAI/Python 1.2.3 " + "x" * 5000}
+    identify(headers, api_key="k", seen=_seen({"user-agent": "warm-up"}))
+    remembered = identify_module._remembered.found
+    before = len(remembered)
+    long_value = identify(headers, api_key="k", seen=_seen(headers))
+    long_key = identify({"user-agent": "OpenAI/Python 1.2.3"}, api_key="k" * 2000,
+                        seen=_seen({"user-agent": "OpenAI/Python 1.2.3"}))
+    assert long_value == identify(headers, api_key="k")
+    assert long_key.tool == long_value.tool
+    assert len(remembered) == before
