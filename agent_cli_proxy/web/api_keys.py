@@ -280,7 +280,8 @@ def presented_keys(request: Request) -> list[str]:
         found.append(auth[7:].strip())
     for header in ("x-api-key", "x-goog-api-key"):
         found.append((headers.get(header) or "").strip())
-    if "key" in request.environ.get("QUERY_STRING", ""):  # parsed only when it may be there
+    query = request.environ.get("QUERY_STRING", "")
+    if "key" in query or "%" in query:  # parsed only when it may be there (%6Bey is key)
         found.append(request.args.get("key", "").strip())
     keys = [k for k in dict.fromkeys(found) if k]
     request.environ[_PRESENTED] = keys

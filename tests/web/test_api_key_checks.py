@@ -135,3 +135,20 @@ def test_a_key_the_original_inserts_is_seen_at_the_next_check(
         other.close()
     later()
     assert post(strict, *GPT, {"Authorization": f"Bearer {key}"})[0] == 200
+
+
+@pytest.mark.parametrize(("query", "keys"), [
+    ("", []), ("alt=sse", []), ("key=acp_a", ["acp_a"]), ("%6Bey=acp_b", ["acp_b"]),
+    ("k%65y=acp_c&alt=sse", ["acp_c"]),
+])
+def test_a_key_in_the_query_is_presented_however_its_name_is_spelt(
+        query: str, keys: list[str]) -> None:
+    # Parsed only when the query may name one; werkzeug decodes %6Bey to key.
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request
+
+    from agent_cli_proxy.web.api_keys import presented_keys
+
+    environ = EnvironBuilder(path="/v1beta/models/m:generateContent",
+                             query_string=query).get_environ()
+    assert presented_keys(Request(environ)) == keys
