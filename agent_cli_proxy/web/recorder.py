@@ -18,6 +18,7 @@ final (:class:`TraceSink`); attribution failing never affects the call either.
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import uuid
@@ -51,12 +52,17 @@ ERROR_SAMPLE_CHARS = 300
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
+# Request ids: a generator of their own, seeded from the system at start and again in a
+# forked child (server workers), so nothing that seeds the shared one repeats them.
+_IDS = random.Random()
+os.register_at_fork(after_in_child=_IDS.seed)
+
+
 def _request_id() -> str:
-    """A random (version 4) UUID naming one call in rows and logs. Not a secret: drawn
-    from the ``random`` module, which unlike ``uuid4()``'s system call keeps the
-    interpreter lock (each hand-over costs the call a thread switch under load); it is
-    seeded from the system at start and again in a forked child."""
-    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+    """A random (version 4) UUID naming one call in rows and logs. Not a secret: unlike
+    ``uuid4()``'s system call, the generator keeps the interpreter lock (each hand-over
+    costs the call a thread switch under load)."""
+    return str(uuid.UUID(int=_IDS.getrandbits(128), version=4))
 
 
 class TraceSink(Protocol):
