@@ -107,19 +107,25 @@ def insert_pending(db: Database, row: PendingRow) -> int:
         return insert_pending_in(conn, row)
 
 
+# The columns a call's first INSERT sets (insert_pending_in; insert_final_in sets the
+# outcome's too).
+_ROW_COLUMNS = """
+  provider, model, requested_model, tool, client_id, path, streamed,
+  prompt_tokens, completion_tokens, cache_creation_tokens, cache_read_tokens,
+  reasoning_tokens, cache_creation_1h_tokens, total_tokens, cost_usd,
+  incomplete, started_at, request_id, meta_json, user_agent, source_ip,
+  lifecycle_status, cost_status, agent, source, msg_id, session_id,
+  identify_rule, proxy_api_key_id, actual_provider"""
+_INSERT_PENDING_SQL = f"""
+INSERT INTO request_logs ({_ROW_COLUMNS}
+) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0, 0, 0, 0, 0, 0, ?, ?, ?, ?, ?,
+          'pending', 'unresolved', ?, 'proxy', ?, ?, ?, ?, ?)
+"""
+
+
 def insert_pending_in(conn: sqlite3.Connection, row: PendingRow) -> int:
     cur = conn.execute(
-        """
-        INSERT INTO request_logs (
-          provider, model, requested_model, tool, client_id, path, streamed,
-          prompt_tokens, completion_tokens, cache_creation_tokens, cache_read_tokens,
-          reasoning_tokens, cache_creation_1h_tokens, total_tokens, cost_usd,
-          incomplete, started_at, request_id, meta_json, user_agent, source_ip,
-          lifecycle_status, cost_status, agent, source, msg_id, session_id,
-          identify_rule, proxy_api_key_id, actual_provider
-        ) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0, 0, 0, 0, 0, 0, ?, ?, ?, ?, ?,
-                  'pending', 'unresolved', ?, 'proxy', ?, ?, ?, ?, ?)
-        """,
+        _INSERT_PENDING_SQL,
         (row.provider, row.model, row.requested_model, row.tool, row.client_id,
          row.path, int(row.streamed), row.started_at, row.request_id, row.meta_json,
          row.user_agent, row.source_ip, row.agent, row.msg_id, row.session_id,
@@ -259,14 +265,8 @@ def finalize_in(conn: sqlite3.Connection, row_id: int, fin: Finalization) -> boo
     return True
 
 
-_INSERT_FINAL_SQL = """
-INSERT INTO request_logs (
-  provider, model, requested_model, tool, client_id, path, streamed,
-  prompt_tokens, completion_tokens, cache_creation_tokens, cache_read_tokens,
-  reasoning_tokens, cache_creation_1h_tokens, total_tokens, cost_usd,
-  incomplete, started_at, request_id, meta_json, user_agent, source_ip,
-  lifecycle_status, cost_status, agent, source, msg_id, session_id,
-  identify_rule, proxy_api_key_id, actual_provider,
+_INSERT_FINAL_SQL = f"""
+INSERT INTO request_logs ({_ROW_COLUMNS},
   status, actual_model, latency_ms, finished_at, finalized_at, error_code, error_message,
   upstream_status, upstream_latency_ms
 ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'proxy',
