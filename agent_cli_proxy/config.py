@@ -235,8 +235,9 @@ FIELDS: tuple[Field, ...] = (
     Field("PROXY_PORT", 3100, integer(1, 65535),
           "TCP port to listen on; the original's port, so clients need no change.", SERVER),
     Field("PROXY_THREADS", 256, integer(1, 10_000),
-          "Worker threads. An open stream holds one for its whole life, so this bounds "
-          "concurrent streams; idle threads are cheap (waitress's default of 4 is not enough).",
+          "Worker threads, at most; started as requests need them. An open stream holds one "
+          "for its whole life, so this bounds concurrent streams (waitress's default of 4 is "
+          "not enough).",
           SERVER),
     Field("PROXY_WORKERS", 1, integer(1, 64),
           "Server processes sharing the port and the database. The first serves the admin "

@@ -1,8 +1,9 @@
 """Running the proxy: prepare storage, build the app, serve it with waitress, stop cleanly.
 
 waitress is sized for long-lived streams: every open SSE stream holds one worker thread
-for its whole life, so ``PROXY_THREADS`` (default 256) replaces waitress's 4, and
-``channel_request_lookahead`` lets waitress notice a client that hangs up mid-stream.
+for its whole life, so ``PROXY_THREADS`` (default 256, started as needed) replaces
+waitress's 4, and ``channel_request_lookahead`` lets waitress notice a client that hangs
+up mid-stream.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from agent_cli_proxy.log import get_logger
 from agent_cli_proxy.malloc_arenas import limit_arenas
 from agent_cli_proxy.sdnotify import notify
 from agent_cli_proxy.server_channel import LOOP_TIMEOUT_S, ProxyChannel, serve_in_a_row
+from agent_cli_proxy.server_threads import GrowingDispatcher
 from agent_cli_proxy.storage.database import Database, open_database
 from agent_cli_proxy.storage.instance_lock import InstanceLock, acquire_instance_lock
 from agent_cli_proxy.storage.requests import recover_stale_pending
@@ -50,6 +52,8 @@ def make_server(app: ProxyApp, settings: Settings, *, host: str | None = None,
     server = create_server(
         app,
         **where,
+        # PROXY_THREADS at most, started as requests need them (server_threads).
+        _dispatcher=GrowingDispatcher(settings.proxy_threads),
         threads=settings.proxy_threads,
         # Connections beyond the thread count wait in waitress's queue instead of being
         # refused; keep room for every stream plus idle keep-alive connections.
