@@ -185,8 +185,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         self.wfile.flush()
+        # An answer to HEAD has no body, whatever its headers say (RFC 9110 §9.3.2): bytes
+        # sent after it would be read as the next answer on the connection.
+        pieces = [] if self.command == "HEAD" else script.pieces
         try:
-            for i, piece in enumerate(script.pieces):
+            for i, piece in enumerate(pieces):
                 if script.pause_after is not None and i == script.pause_after:
                     self._pause(script)
                 if script.drop_after is not None and i == script.drop_after:
@@ -195,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 sent += piece
                 self._write(piece, script.framing)
-            if script.framing == "chunked":
+            if script.framing == "chunked" and self.command != "HEAD":
                 self.wfile.write(b"0\r\n\r\n")
             if script.vanish_after:
                 # A keep-alive connection the server drops while idle (its timeout passed).
