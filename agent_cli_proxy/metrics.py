@@ -155,7 +155,7 @@ class Metric(Generic[S]):
 
     def _unfolded(self, values: LabelValues) -> S | None:
         """The series of *values* (label values from :func:`clean_labels`), created if new;
-        None when the metric is full and has no such series (see ``handle``)."""
+        None when the metric is full and has no such series (its updates fold)."""
         self._check_arity(values)
         with self._lock:
             series = self._series.get(values)
@@ -232,14 +232,13 @@ class _Scalar(Metric[list[float]]):
     def _export_series(self, series: list[float]) -> Any:
         return series[0]
 
-    def handle(self, values: LabelValues) -> ScalarHandle | None:
+    def handle(self, values: LabelValues) -> ScalarHandle:
         """A handle on the series of *values* (label values from :func:`clean_labels`),
         created if new, for a caller that updates the same series call after call: no
-        label checks or lookups per update. None when the metric is full and has no such
-        series: updates must then go through the usual methods, which fold and count it.
-        """
-        series = self._unfolded(values)
-        return None if series is None else ScalarHandle(self._lock, series)
+        label checks or lookups per update. When the metric is full and has no such
+        series, each update goes where :meth:`Counter.inc` would put it (folded, and
+        counted)."""
+        return ScalarHandle(self, values, self._unfolded(values))
 
     def _absorb_series(self, series: list[float], value: Any) -> None:
         number = float(value)
@@ -254,25 +253,33 @@ class _Scalar(Metric[list[float]]):
 
 
 class ScalarHandle:
-    """One counter or gauge series, from :meth:`Metric.handle`."""
+    """One counter or gauge series, from :meth:`_Scalar.handle`."""
 
-    __slots__ = ("_cell", "_lock")
+    __slots__ = ("_cell", "_lock", "_metric", "_values")
 
-    def __init__(self, lock: threading.Lock, cell: list[float]) -> None:
-        self._lock = lock
-        self._cell = cell
+    def __init__(self, metric: _Scalar, values: LabelValues, cell: list[float] | None) -> None:
+        self._metric = metric
+        self._values = values
+        self._lock = metric._lock
+        self._cell = cell  # None: the metric was full, every update folds
 
     def add(self, amount: float) -> None:
         """Add *amount* (finite; for a counter not negative: the caller's to check)."""
         with self._lock:
-            self._cell[0] += amount
+            cell = self._cell
+            if cell is None:
+                cell = self._metric._series_for(self._values)
+            cell[0] += amount
 
     def raise_to(self, value: float) -> None:
         """Keep the largest value (:meth:`Gauge.set_max`; *value* at least 0, which a new
         series starts from)."""
         with self._lock:
-            if value > self._cell[0]:
-                self._cell[0] = value
+            cell = self._cell
+            if cell is None:
+                cell = self._metric._series_for(self._values)
+            if value > cell[0]:
+                cell[0] = value
 
 
 class Counter(_Scalar):
@@ -340,22 +347,27 @@ class _HistogramSeries:
 
 
 class HistogramHandle:
-    """One histogram series, from :meth:`Metric.handle`."""
+    """One histogram series, from :meth:`Histogram.handle`."""
 
-    __slots__ = ("_bounds", "_lock", "_series")
+    __slots__ = ("_bounds", "_lock", "_metric", "_series", "_values")
 
-    def __init__(self, lock: threading.Lock, bounds: tuple[float, ...],
-                 series: _HistogramSeries) -> None:
-        self._lock = lock
-        self._bounds = bounds
-        self._series = series
+    def __init__(self, metric: Histogram, values: LabelValues,
+                 series: _HistogramSeries | None) -> None:
+        self._metric = metric
+        self._values = values
+        self._lock = metric._lock
+        self._bounds = metric.buckets
+        self._series = series  # None: the metric was full, every update folds
 
     def observe(self, value: float) -> None:
         """:meth:`Histogram.observe` (*value* finite, the caller's to check)."""
         index = bisect.bisect_left(self._bounds, value)
         with self._lock:
-            self._series.counts[index] += 1
-            self._series.sum += value
+            series = self._series
+            if series is None:
+                series = self._metric._series_for(self._values)
+            series.counts[index] += 1
+            series.sum += value
 
 
 class Histogram(Metric[_HistogramSeries]):
@@ -396,10 +408,9 @@ class Histogram(Metric[_HistogramSeries]):
             series.counts[index] += 1
             series.sum += value
 
-    def handle(self, values: LabelValues) -> HistogramHandle | None:
+    def handle(self, values: LabelValues) -> HistogramHandle:
         """As :meth:`_Scalar.handle`, for a histogram series."""
-        series = self._unfolded(values)
-        return None if series is None else HistogramHandle(self._lock, self.buckets, series)
+        return HistogramHandle(self, values, self._unfolded(values))
 
     def snapshot(self, labels: Sequence[str] = ()) -> tuple[list[int], float]:
         """(cumulative bucket counts ending with +Inf, sum) for *labels*; for tests."""

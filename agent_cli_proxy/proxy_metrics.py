@@ -55,7 +55,7 @@ _MAX_REMEMBERED_CALLS = 1024
 class _CallSeries:
     """The series :meth:`ProxyMetrics.request_finished` updates for one kind of call
     (those it updates for every call; a token bucket's and the time to first byte's on
-    first use, as the folding path creates them)."""
+    first use, so none shows before it counts anything)."""
 
     __slots__ = ("_tokens", "_ttfb", "cost", "duration", "legacy", "legacy_max", "requests",
                  "who")
@@ -78,22 +78,13 @@ class _CallSeries:
             kind = name.removesuffix("_tokens")
             if kind not in TOKEN_TYPES:
                 return  # a total or a breakdown of a bucket
-            labels = (*self.who, kind)
-            handle = family.handle(labels)
-            if handle is None:
-                family.inc_clean(labels, count)  # the family is full: folded, and counted
-                return
-            self._tokens[name] = handle
+            handle = self._tokens[name] = family.handle((*self.who, kind))
         handle.add(count)
 
     def observe_ttfb(self, family: Histogram, seconds: float) -> None:
-        handle = self._ttfb
-        if handle is None:
-            handle = self._ttfb = family.handle(self.who[:1])
-            if handle is None:
-                family.observe_clean(seconds, self.who[:1])  # full: folded, and counted
-                return
-        handle.observe(seconds)
+        if self._ttfb is None:
+            self._ttfb = family.handle(self.who[:1])
+        self._ttfb.observe(seconds)
 
 
 class ProxyMetrics:
@@ -166,9 +157,7 @@ class ProxyMetrics:
         self.legacy_duration_max = r.gauge(
             PREFIX + "proxy_request_duration_ms_max", "Longest proxied request, milliseconds.",
             legacy, max_series=max_series)
-        overhead, in_flight = self.overhead.handle(()), self.in_flight.handle(())
-        assert overhead is not None and in_flight is not None  # unlabelled: one series each
-        self._overhead, self._in_flight = overhead, in_flight
+        self._overhead, self._in_flight = self.overhead.handle(()), self.in_flight.handle(())
         self._calls: dict[tuple[str, str | None, str | None, int, str, bool], _CallSeries] = {}
         self.ready_duration = r.histogram(
             PREFIX + "ready_check_duration_ms", "Readiness check duration in milliseconds.",
@@ -205,61 +194,34 @@ class ProxyMetrics:
         self._in_flight.add(-1.0)
         call_kind = (provider, model, tool, status, lifecycle, streamed)
         handles = self._calls.get(call_kind) or self._call_handles(call_kind)
-        if handles is not None:
-            # The same updates as below, on series found once for this kind of call.
-            duration = _positive(duration_s)
-            handles.requests.add(1.0)
-            for name, count in (usage_tokens or {}).items():
-                if isinstance(count, int) and count > 0:
-                    handles.add_tokens(self.tokens, name, count)
-            handles.cost.add(_positive(cost_usd))
-            handles.duration.observe(duration)
-            self._overhead.observe(max(0.0, duration - _positive(upstream_s)))
-            if ttfb_s is not None:
-                handles.observe_ttfb(self.ttfb, _positive(ttfb_s))
-            duration_ms = _positive(duration * 1000)  # 0 past the largest float, as above
-            handles.legacy.observe(duration_ms)
-            handles.legacy_max.raise_to(duration_ms)
-            return
-        # Cleaned once for the eight updates below (the model is the client's choice).
-        provider_, model_, tool_, status_text, state = clean_labels(
-            (_label(provider), _label(model), _label(tool), str(status), _label(lifecycle)))
-        who = (provider_, model_, tool_)
-        streamed_text = "true" if streamed else "false"
-        self.requests.inc_clean((*who, status_text, state))
-        for key, count in (usage_tokens or {}).items():
-            kind = key.removesuffix("_tokens")
-            if kind in TOKEN_TYPES and isinstance(count, int) and count > 0:
-                self.tokens.inc_clean((*who, kind), count)
-        self.cost.inc_clean(who, _positive(cost_usd))
         duration = _positive(duration_s)
-        self.duration.observe_clean(duration, (provider_, streamed_text))
-        self.overhead.observe_clean(max(0.0, duration - _positive(upstream_s)), ())
+        handles.requests.add(1.0)
+        for name, count in (usage_tokens or {}).items():
+            if isinstance(count, int) and count > 0:
+                handles.add_tokens(self.tokens, name, count)
+        handles.cost.add(_positive(cost_usd))
+        handles.duration.observe(duration)
+        self._overhead.observe(max(0.0, duration - _positive(upstream_s)))
         if ttfb_s is not None:
-            self.ttfb.observe_clean(_positive(ttfb_s), (provider_,))
-        legacy = (provider_, status_text, state, streamed_text)
-        duration_ms = _positive(duration * 1000)
-        self.legacy_duration.observe_clean(duration_ms, legacy)
-        self.legacy_duration_max.set_max_clean(duration_ms, legacy)
+            handles.observe_ttfb(self.ttfb, _positive(ttfb_s))
+        duration_ms = _positive(duration * 1000)  # 0 past the largest float
+        handles.legacy.observe(duration_ms)
+        handles.legacy_max.raise_to(duration_ms)
 
     def _call_handles(self, call_kind: tuple[str, str | None, str | None, int, str, bool]
-                      ) -> _CallSeries | None:
-        """The series one kind of call updates, remembered (None, and not remembered,
-        when one of them would fold into "other": the folding path counts each fold)."""
+                      ) -> _CallSeries:
+        """The series one kind of call updates, found once and remembered (labels cleaned
+        once: the model is the client's choice)."""
         provider, model, tool, status, lifecycle, streamed = call_kind
         provider_, model_, tool_, status_text, state = clean_labels(
             (_label(provider), _label(model), _label(tool), str(status), _label(lifecycle)))
         legacy = (provider_, status_text, state, "true" if streamed else "false")
-        requests = self.requests.handle((provider_, model_, tool_, status_text, state))
-        cost = self.cost.handle((provider_, model_, tool_))
-        duration = self.duration.handle((provider_, legacy[3]))
-        legacy_duration = self.legacy_duration.handle(legacy)
-        legacy_max = self.legacy_duration_max.handle(legacy)
-        if (requests is None or cost is None or duration is None or legacy_duration is None
-                or legacy_max is None):
-            return None
-        handles = _CallSeries((provider_, model_, tool_), requests, cost, duration,
-                              legacy_duration, legacy_max)
+        handles = _CallSeries(
+            (provider_, model_, tool_),
+            self.requests.handle((provider_, model_, tool_, status_text, state)),
+            self.cost.handle((provider_, model_, tool_)),
+            self.duration.handle((provider_, legacy[3])),
+            self.legacy_duration.handle(legacy), self.legacy_duration_max.handle(legacy))
         if len(self._calls) >= _MAX_REMEMBERED_CALLS:
             self._calls.clear()
         self._calls[call_kind] = handles

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent_cli_proxy import proxy_metrics
 from agent_cli_proxy.metrics import (
     MAX_LABEL_CHARS,
     OTHER,
@@ -683,26 +684,56 @@ _CALL = st.fixed_dictionaries({
 def test_remembered_series_count_what_the_folding_path_counts(
         calls: list[dict[str, Any]], max_series: int) -> None:
     # request_finished keeps each kind of call's series at hand; what it counts (folds
-    # into "other" included) must be what the label-by-label path counts.
+    # into "other" included) must be what the families' own methods count, label set
+    # by label set.
     fast, slow = ProxyMetrics(max_series=max_series), ProxyMetrics(max_series=max_series)
-    slow._call_handles = lambda call_kind: None  # type: ignore[method-assign]
     for call in calls:
-        for metrics in (fast, slow):
-            metrics.request_started()
-            metrics.request_finished(**call)
+        fast.request_started()
+        fast.request_finished(**call)
+        slow.in_flight.inc()
+        _label_by_label(slow, **call)
     assert fast.registry.render() == slow.registry.render()
     assert [m.folded() for m in fast.registry.metrics()] == [
         m.folded() for m in slow.registry.metrics()]
 
 
-def test_handles_update_their_series_and_never_fold() -> None:
+def _label_by_label(m: ProxyMetrics, *, provider: str, model: str | None, tool: str | None,
+                    status: int, lifecycle: str, streamed: bool, duration_s: float,
+                    upstream_s: float | None, ttfb_s: float | None,
+                    usage_tokens: dict[str, int] | None, cost_usd: float) -> None:
+    """What request_finished counts, through each family's folding methods."""
+    m.in_flight.dec()
+    label, positive = proxy_metrics._label, proxy_metrics._positive
+    who = (label(provider), label(model), label(tool))
+    state, streamed_text = label(lifecycle), "true" if streamed else "false"
+    m.requests.inc((*who, str(status), state))
+    for key, count in (usage_tokens or {}).items():
+        kind = key.removesuffix("_tokens")
+        if kind in proxy_metrics.TOKEN_TYPES and isinstance(count, int) and count > 0:
+            m.tokens.inc((*who, kind), count)
+    m.cost.inc(who, positive(cost_usd))
+    duration = positive(duration_s)
+    m.duration.observe(duration, (who[0], streamed_text))
+    m.overhead.observe(max(0.0, duration - positive(upstream_s)))
+    if ttfb_s is not None:
+        m.ttfb.observe(positive(ttfb_s), (who[0],))
+    legacy = (who[0], str(status), state, streamed_text)
+    m.legacy_duration.observe(positive(duration * 1000), legacy)
+    m.legacy_duration_max.set_max(positive(duration * 1000), legacy)
+
+
+def test_handles_update_their_series_and_fold_as_the_methods_do() -> None:
     c = Counter("c_total", "help", ("a",), max_series=1)
     h = Histogram("h", "help", ("a",), buckets=(1, 2), max_series=1)
     counter, histogram = c.handle(("x",)), h.handle(("x",))
-    assert counter is not None and histogram is not None
     counter.add(2)
     histogram.observe(1.5)
     assert c.value(("x",)) == 2 and h.snapshot(("x",)) == ([0, 1, 1], 1.5)
-    # Full: a new label set gets no handle (its updates go the folding way, counted).
-    assert c.handle(("y",)) is None and h.handle(("y",)) is None
-    assert c.folded() == 0 and c.handle(("x",)) is not None
+    assert c.folded() == 0 and h.folded() == 0
+    # Full: a new label set's updates fold into "other", each one counted.
+    folded_counter, folded_histogram = c.handle(("y",)), h.handle(("y",))
+    for _ in range(2):
+        folded_counter.add(1)
+        folded_histogram.observe(0.5)
+    assert c.value((OTHER,)) == 2 and h.snapshot((OTHER,)) == ([2, 2, 2], 1.0)
+    assert c.folded() == 2 and h.folded() == 2 and c.value(("y",)) == 0
